@@ -1,0 +1,3 @@
+from thunder_middleware.cli import app
+
+app()
