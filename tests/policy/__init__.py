@@ -1,0 +1,1 @@
+"""Tests of the pure scheduling policy (contract 2)."""

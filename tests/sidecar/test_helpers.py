@@ -1,0 +1,156 @@
+"""Pure helpers of the sidecar: identity parsing, body checks, SSE framing and usage stripping."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from thunder_middleware.sidecar.backends.base import parse_samples
+from thunder_middleware.sidecar.backends.vllm import vllm_metrics
+from thunder_middleware.sidecar.errors import APIError
+from thunder_middleware.sidecar.identity import (
+    ANONYMOUS_PREFIX,
+    extract_program_id,
+    namespaced,
+    split_key,
+)
+from thunder_middleware.sidecar.payload import prepare_request
+from thunder_middleware.sidecar.settings import load_settings
+from thunder_middleware.sidecar.sse import SSEEventSplitter, filter_event
+
+
+def test_identity_precedence_body_over_header_over_metadata() -> None:
+    body = {"program_id": "from-body", "metadata": {"program_id": "from-meta"}}
+    headers = {"x-program-id": "from-header"}
+    assert extract_program_id(body, headers).program_id == "from-body"
+    assert extract_program_id(body, headers).source == "body"
+    del body["program_id"]
+    assert extract_program_id(body, headers).program_id == "from-header"
+    assert extract_program_id(body, {}).program_id == "from-meta"
+    anonymous = extract_program_id({}, {})
+    assert anonymous.anonymous and anonymous.program_id.startswith(ANONYMOUS_PREFIX)
+    assert extract_program_id({}, {}).program_id != anonymous.program_id
+
+
+@pytest.mark.parametrize("bad", [17, "", "x" * 300, "a\nb", ["list"]])
+def test_identity_rejects_bad_ids(bad: object) -> None:
+    with pytest.raises(APIError) as caught:
+        extract_program_id({"program_id": bad}, {})
+    assert caught.value.status_code == 400
+    assert caught.value.param == "program_id"
+
+
+def test_namespacing_round_trip_keeps_slashes_in_ids() -> None:
+    key = namespaced("tenant-a", "run/7")
+    assert key == "tenant-a/run/7"
+    assert split_key(key) == ("tenant-a", "run/7")
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b"", "empty_body"),
+        (b"{not json", "invalid_json"),
+        (b"[1, 2]", "invalid_type"),
+        (b'{"messages": "hi"}', "invalid_type"),
+        (b'{"messages": []}', "invalid_type"),
+        (b'{"messages": [{"role": "user", "content": "x"}], "stream": "yes"}', "invalid_type"),
+        (b'{"messages": [{"role": "user", "content": "x"}], "stream_options": 3}', "invalid_type"),
+    ],
+)
+def test_bad_chat_bodies_are_400(raw: bytes, code: str) -> None:
+    with pytest.raises(APIError) as caught:
+        prepare_request(raw, "chat")
+    assert caught.value.status_code == 400
+    assert caught.value.code == code
+
+
+def test_untouched_body_is_forwarded_byte_for_byte() -> None:
+    raw = b'{"messages": [{"role": "user", "content": "hello"}], "program_id": "p"}'
+    parsed = prepare_request(raw, "chat")
+    assert parsed.upstream_body is raw
+    assert parsed.prompt_chars == 5
+    stripped = prepare_request(raw, "chat", strip_program_id=True)
+    assert "program_id" not in orjson.loads(stripped.upstream_body)
+
+
+def test_streaming_without_usage_asks_for_it_anyway() -> None:
+    raw = b'{"prompt": "abc", "stream": true, "stream_options": {"x": 1}}'
+    parsed = prepare_request(raw, "completions")
+    assert parsed.stream and not parsed.client_wants_usage
+    upstream = orjson.loads(parsed.upstream_body)
+    assert upstream["stream_options"] == {"x": 1, "include_usage": True}
+    asked = prepare_request(
+        b'{"prompt": "abc", "stream": true, "stream_options": {"include_usage": true}}',
+        "completions",
+    )
+    assert asked.client_wants_usage and asked.upstream_body.startswith(b'{"prompt"')
+
+
+def test_sse_splitter_reframes_events_cut_anywhere() -> None:
+    stream = b'data: {"a":1}\n\ndata: {"b":2}\r\n\r\ndata: [DONE]\n\n'
+    splitter = SSEEventSplitter()
+    events: list[bytes] = []
+    for i in range(0, len(stream), 3):
+        events += splitter.feed(stream[i : i + 3])
+    assert events == [b'data: {"a":1}\n\n', b'data: {"b":2}\n\n', b"data: [DONE]\n\n"]
+    assert splitter.remainder() == b""
+
+
+USAGE_CHUNK = (
+    b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":30,"completion_tokens":5,'
+    b'"total_tokens":35,"prompt_tokens_details":{"cached_tokens":16}}}\n\n'
+)
+
+
+def test_usage_chunk_is_stripped_when_not_asked_but_counted() -> None:
+    filtered = filter_event(USAGE_CHUNK, client_wants_usage=False)
+    assert filtered.forward is None
+    assert filtered.usage is not None
+    assert (filtered.usage.prompt_tokens, filtered.usage.cached_tokens) == (30, 16)
+    kept = filter_event(USAGE_CHUNK, client_wants_usage=True)
+    assert kept.forward == USAGE_CHUNK and kept.usage == filtered.usage
+
+
+def test_continuous_usage_is_removed_from_content_chunks_when_not_asked() -> None:
+    event = (
+        b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}],'
+        b'"usage":{"prompt_tokens":3,"completion_tokens":1}}\n\n'
+    )
+    filtered = filter_event(event, client_wants_usage=False)
+    assert filtered.forward is not None
+    assert "usage" not in orjson.loads(filtered.forward[6:])
+    assert filtered.usage is not None and filtered.usage.completion_tokens == 1
+    plain = b'data: {"choices":[{"delta":{"content":"x"}}],"usage":null}\n\n'
+    assert filter_event(plain, client_wants_usage=False).forward == plain
+
+
+def test_vllm_capacity_from_cache_config_info() -> None:
+    text = (
+        "# TYPE vllm:cache_config_info gauge\n"
+        'vllm:cache_config_info{block_size="16",num_gpu_blocks="64",engine="0"} 1.0\n'
+        "# TYPE vllm:kv_cache_usage_perc gauge\n"
+        'vllm:kv_cache_usage_perc{engine="0"} 0.25\n'
+        "# TYPE vllm:prefix_cache_queries counter\n"
+        'vllm:prefix_cache_queries_total{engine="0"} 200\n'
+        "# TYPE vllm:prefix_cache_hits counter\n"
+        'vllm:prefix_cache_hits_total{engine="0"} 50\n'
+    )
+    metrics = vllm_metrics(parse_samples(text), None)
+    assert metrics.capacity_tokens == 64 * 16
+    assert metrics.kv_usage == 0.25
+    assert metrics.prefix_hit_rate == 0.25
+
+
+def test_settings_flags_over_environment_over_toml(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    config = tmp_path / "sidecar.toml"
+    config.write_text('backends = ["http://a:1"]\nidle_timeout = 30\nlambda_max = 0.9\n')
+    monkeypatch.setenv("THUNDER_IDLE_TIMEOUT", "45")
+    settings = load_settings(config, lambda_max=0.8, lambda_min=0.7, port=None)
+    assert settings.backends == ["http://a:1"]
+    assert settings.idle_timeout == 45
+    assert settings.lambda_max == 0.8
+    monkeypatch.setenv("THUNDER_BACKENDS", "http://x:1, http://y:2/")
+    assert load_settings().backends == ["http://x:1", "http://y:2"]
+    with pytest.raises(ValueError):
+        load_settings(lambda_min=2.0, lambda_max=1.0)

@@ -1,0 +1,57 @@
+"""Fixtures for the tool-environment tests: managers over real providers, a real app server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require_docker_engine
+from tests.tools.envtest import fast_config, start_env_app
+from thunder_middleware.launch import RunningServer
+from thunder_middleware.tools import EnvironmentManager, LocalProvider
+
+
+@pytest.fixture
+def local_root(tmp_path: Path) -> Path:
+    root = tmp_path / "envs"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+async def local_manager(local_root: Path) -> AsyncIterator[EnvironmentManager]:
+    manager = EnvironmentManager(LocalProvider(local_root), fast_config())
+    await manager.start()
+    try:
+        yield manager
+    finally:
+        await manager.close()
+
+
+@pytest.fixture
+def docker_engine() -> None:
+    require_docker_engine()
+
+
+@pytest.fixture
+async def docker_manager(docker_engine: None) -> AsyncIterator[EnvironmentManager]:
+    from thunder_middleware.tools.providers.docker import DockerProvider
+
+    manager = EnvironmentManager(DockerProvider(), fast_config())
+    await manager.start()
+    try:
+        yield manager
+    finally:
+        await manager.close()
+
+
+@pytest.fixture
+def local_app(local_root: Path) -> Iterator[RunningServer]:
+    server = start_env_app("--provider", "local", "--root", str(local_root),
+                           "--idle-timeout", "600")
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,93 @@
+"""``/metrics`` parsed with prometheus_client's parser: vLLM's names, labels and meanings."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import uuid
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.twin.scrape import scrape, value
+from thunder_middleware.launch import RunningServer
+
+LABELS = {"engine": "0", "model_name": "qwen3-8b"}
+COUNTERS = [
+    "vllm:prefix_cache_queries",
+    "vllm:prefix_cache_hits",
+    "vllm:num_preemptions",
+    "vllm:prompt_tokens",
+    "vllm:generation_tokens",
+]
+GAUGES = ["vllm:kv_cache_usage_perc", "vllm:num_requests_running", "vllm:num_requests_waiting"]
+HISTOGRAMS = ["vllm:time_to_first_token_seconds", "vllm:e2e_request_latency_seconds"]
+
+
+def test_names_types_and_labels(twin_server: RunningServer) -> None:
+    text = httpx.get(twin_server.url + "/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name in COUNTERS:
+        assert families[name].type == "counter"
+        (sample,) = families[name].samples
+        assert sample.name == name + "_total" and sample.labels == LABELS
+    for name in GAUGES:
+        assert families[name].type == "gauge"
+        assert families[name].samples[0].labels == LABELS
+    for name in HISTOGRAMS:
+        assert families[name].type == "histogram"
+        buckets = [s for s in families[name].samples if s.name.endswith("_bucket")]
+        assert buckets and all(s.labels["engine"] == "0" for s in buckets)
+    (info,) = families["vllm:cache_config_info"].samples
+    assert info.value == 1.0
+    stats = httpx.get(twin_server.url + "/twin/stats").json()
+    assert info.labels["num_gpu_blocks"] == str(stats["num_blocks"])
+    assert info.labels["block_size"] == str(stats["block_size"]) == "16"
+
+
+def test_counters_follow_requests(twin_server: RunningServer) -> None:
+    url = twin_server.url
+    before = {name: value(url, name + "_total") for name in COUNTERS}
+    ttft_before = value(url, "vllm:time_to_first_token_seconds_count")
+    system = {"role": "system", "content": f"{uuid.uuid4()} " + "rules " * 200}
+    body = {"messages": [system, {"role": "user", "content": "a"}], "max_tokens": 30,
+            "min_tokens": 30, "ignore_eos": True}  # fmt: skip
+    first = httpx.post(url + "/v1/chat/completions", json=body, timeout=30).json()["usage"]
+    second = httpx.post(url + "/v1/chat/completions", json=body, timeout=30).json()["usage"]
+    after = {name: value(url, name + "_total") for name in COUNTERS}
+    prompt = first["prompt_tokens"]
+    assert after["vllm:prompt_tokens"] - before["vllm:prompt_tokens"] == 2 * prompt
+    assert after["vllm:generation_tokens"] - before["vllm:generation_tokens"] == 60
+    assert after["vllm:prefix_cache_queries"] - before["vllm:prefix_cache_queries"] == 2 * prompt
+    hits = after["vllm:prefix_cache_hits"] - before["vllm:prefix_cache_hits"]
+    assert hits == first["prompt_tokens_details"]["cached_tokens"] + (
+        second["prompt_tokens_details"]["cached_tokens"]
+    )
+    assert second["prompt_tokens_details"]["cached_tokens"] > 0
+    assert value(url, "vllm:time_to_first_token_seconds_count") == ttft_before + 2
+    # idle again: nothing running, no block referenced
+    assert value(url, "vllm:num_requests_running") == 0
+    assert value(url, "vllm:kv_cache_usage_perc") == 0
+
+
+def test_preemptions_and_waiting_under_kv_pressure(small_twin: RunningServer) -> None:
+    """64 blocks x 16 tokens: eight 500-token requests at once cannot all fit."""
+    url = small_twin.url
+    seen_waiting = 0.0
+
+    def run(i: int) -> int:
+        body = {"prompt": f"job {i} " * 60, "max_tokens": 400, "min_tokens": 400,
+                "ignore_eos": True}  # fmt: skip
+        response = httpx.post(url + "/v1/completions", json=body, timeout=120)
+        return int(response.json()["usage"]["completion_tokens"])
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(run, i) for i in range(8)]
+        while not all(f.done() for f in futures):
+            samples = scrape(url)
+            seen_waiting = max(seen_waiting, samples["vllm:num_requests_waiting"][0].value)
+            assert samples["vllm:kv_cache_usage_perc"][0].value <= 1.0
+        assert [f.result() for f in futures] == [400] * 8
+    assert value(url, "vllm:num_preemptions_total") > 0
+    assert seen_waiting > 0
+    assert value(url, "vllm:num_requests_running") == 0
+    assert value(url, "vllm:kv_cache_usage_perc") == 0

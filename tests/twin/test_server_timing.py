@@ -1,0 +1,69 @@
+"""Scaled real time: replies take (at least) their modeled time over the time scale, and a
+large batch does not stall HTTP handling."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.twin.scrape import value
+from thunder_middleware.launch import RunningServer, start_twin
+
+SCALE = 10.0
+
+
+@pytest.fixture(scope="module")
+def scaled_twin() -> Iterator[RunningServer]:
+    server = start_twin(time_scale=SCALE)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_reply_takes_its_modeled_time_over_the_scale(scaled_twin: RunningServer) -> None:
+    url = scaled_twin.url
+    busy_before = httpx.get(url + "/twin/stats").json()["busy_time_s"]
+    e2e_before = value(url, "vllm:e2e_request_latency_seconds_sum")
+    body = {"prompt": "time me " * 300, "max_tokens": 300, "min_tokens": 300, "ignore_eos": True}
+    started = time.monotonic()
+    response = httpx.post(url + "/v1/completions", json=body, timeout=60)
+    wall = time.monotonic() - started
+    assert response.json()["usage"]["completion_tokens"] == 300
+    busy = httpx.get(url + "/twin/stats").json()["busy_time_s"] - busy_before
+    e2e = value(url, "vllm:e2e_request_latency_seconds_sum") - e2e_before
+    # an 8B model on an H100 decodes a token in a few milliseconds
+    assert 300 * 0.003 < busy < 300 * 0.05
+    assert e2e == pytest.approx(busy, rel=0.05)  # histograms hold modeled seconds
+    assert wall >= 0.95 * busy / SCALE  # never faster than the schedule
+    assert wall < busy / SCALE + 10.0
+
+
+async def _load(url: str, count: int) -> tuple[list[int], float]:
+    limits = httpx.Limits(max_connections=count + 10)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+
+        async def one(i: int) -> int:
+            body = {"messages": [{"role": "user", "content": f"load {i} " * 20}],
+                    "max_tokens": 64, "min_tokens": 64, "ignore_eos": True}  # fmt: skip
+            response = await client.post("/v1/chat/completions", json=body)
+            return int(response.json()["usage"]["completion_tokens"])
+
+        tasks = [asyncio.create_task(one(i)) for i in range(count)]
+        worst = 0.0
+        while not all(task.done() for task in tasks):
+            started = time.monotonic()
+            assert (await client.get("/health")).status_code == 200
+            worst = max(worst, time.monotonic() - started)
+            await asyncio.sleep(0.02)
+        return [task.result() for task in tasks], worst
+
+
+def test_a_large_batch_keeps_the_server_responsive(twin_server: RunningServer) -> None:
+    tokens, worst_health_latency = asyncio.run(_load(twin_server.url, 256))
+    assert tokens == [64] * 256
+    assert worst_health_latency < 3.0, worst_health_latency

@@ -1,0 +1,188 @@
+"""Plain LangGraph ``StateGraph`` integration: a model tagger and a callback handler.
+
+A callback handler cannot change the request it observes, and a contextvar set inside a
+handler does not reach the model call (handlers run in executor threads or separate tasks
+unless ``run_inline``). So identity travels in the *call path*: :func:`tag_program` wraps
+the model in a runnable that reads the program id from the ``RunnableConfig`` it is invoked
+with (``metadata.program_id`` > ``configurable.program_id`` > ``configurable.thread_id``) and
+binds ``extra_body`` + header for that one call.
+
+:class:`ThunderCallbackHandler` does what needs no request changes: it maps run ids to
+programs (``on_llm_end`` carries no metadata, so it is keyed by run id, inherited down the
+parent chain), sends tool intent when a model call ends with tool calls (the graph awaits
+handlers before the next node, so the intent precedes the tools node), and releases the
+program when the root run ends or fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Mapping
+from typing import Any
+from uuid import UUID
+
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.outputs import ChatGeneration, LLMResult
+from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig, RunnableLambda
+
+from thunder_middleware.integrations.client import ThunderClient
+from thunder_middleware.integrations.tagging import (
+    program_id_from_metadata,
+    tool_intents,
+    with_program_body,
+    with_program_headers,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ThunderCallbackHandler", "program_config", "program_id_of_config", "tag_program"]
+
+
+def program_id_of_config(config: Mapping[str, Any] | None) -> str | None:
+    """``metadata.program_id`` > ``configurable.program_id`` > ``configurable.thread_id``."""
+    config = config or {}
+    found = program_id_from_metadata(config.get("metadata"))
+    if found:
+        return found
+    configurable = config.get("configurable") or {}
+    found = program_id_from_metadata(configurable)
+    if found:
+        return found
+    thread_id = configurable.get("thread_id")
+    return str(thread_id) if thread_id else None
+
+
+def _existing_extra_body(runnable: Any) -> dict[str, Any]:
+    """``extra_body`` already set on the model or any binding around it (outer wins)."""
+    if isinstance(runnable, RunnableBinding):
+        inner = _existing_extra_body(runnable.bound)
+        return {**inner, **(runnable.kwargs.get("extra_body") or {})}
+    return dict(getattr(runnable, "extra_body", None) or {})
+
+
+def tag_program(model: Runnable[Any, Any], program_id: str | None = None) -> Runnable[Any, Any]:
+    """``model`` (or ``model.bind_tools(...)``) tagged per call with its program.
+
+    ``program_id`` fixes the id; otherwise it comes from each call's config. Calls without
+    any id go through untagged (anonymous single-step programs).
+    """
+
+    def bound(config: RunnableConfig) -> Runnable[Any, Any]:
+        found = program_id or program_id_of_config(config)
+        if not found:
+            return model
+        return model.bind(
+            extra_body=with_program_body(_existing_extra_body(model), found),
+            extra_headers=with_program_headers(None, found),
+        )
+
+    def route(value: Any, config: RunnableConfig) -> Runnable[Any, Any]:
+        return bound(config)
+
+    async def aroute(value: Any, config: RunnableConfig) -> Runnable[Any, Any]:
+        return bound(config)
+
+    # A RunnableLambda that returns a runnable invokes (or streams) it with the same input
+    # and config, so streaming and callbacks behave exactly as for the bare model.
+    return RunnableLambda(route, afunc=aroute, name="thunder_program")
+
+
+def program_config(program_id: str, handler: ThunderCallbackHandler | None = None, *,
+                   thread_id: str | None = None, **config: Any) -> RunnableConfig:
+    """A ``RunnableConfig`` that names the program (and carries the handler, if given)."""
+    result: dict[str, Any] = dict(config)
+    result["metadata"] = {**(config.get("metadata") or {}), "program_id": program_id}
+    if thread_id is not None:
+        result["configurable"] = {**(config.get("configurable") or {}), "thread_id": thread_id}
+    if handler is not None:
+        result["callbacks"] = [*(config.get("callbacks") or []), handler]
+    return RunnableConfig(**result)  # type: ignore[typeddict-item]
+
+
+class ThunderCallbackHandler(BaseCallbackHandler):
+    """Tool intent and release for a LangGraph run; pass it in ``config["callbacks"]``."""
+
+    raise_error = False
+
+    def __init__(self, sidecar_url: str | None = None, *, client: ThunderClient | None = None,
+                 program_id: str | None = None, release_on_end: bool = True,
+                 send_tool_intent: bool = True) -> None:
+        self.client = client or ThunderClient(sidecar_url, attempts=2)
+        self.program_id = program_id
+        self.release_on_end = release_on_end
+        self.send_tool_intent = send_tool_intent
+        self._programs: dict[UUID, str] = {}
+        self._roots: set[UUID] = set()
+        self._lock = threading.Lock()
+        self.released: list[str] = []  # what this handler released, in order (observability)
+
+    def _remember(self, run_id: UUID, parent_run_id: UUID | None,
+                  metadata: Mapping[str, Any] | None) -> str:
+        metadata = metadata or {}
+        with self._lock:
+            program_id = (self.program_id or program_id_from_metadata(metadata)
+                          or (str(metadata["thread_id"]) if metadata.get("thread_id") else None)
+                          or (self._programs.get(parent_run_id) if parent_run_id else None)
+                          or f"graph-{uuid.uuid4().hex}")
+            self._programs[run_id] = program_id
+            if parent_run_id is None:
+                self._roots.add(run_id)
+            return program_id
+
+    def program_of(self, run_id: UUID) -> str | None:
+        with self._lock:
+            return self._programs.get(run_id)
+
+    def on_chain_start(self, serialized: dict[str, Any] | None, inputs: Any, *, run_id: UUID,
+                       parent_run_id: UUID | None = None,
+                       metadata: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        self._remember(run_id, parent_run_id, metadata)
+
+    def on_chat_model_start(self, serialized: dict[str, Any] | None, messages: Any, *,
+                            run_id: UUID, parent_run_id: UUID | None = None,
+                            metadata: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        self._remember(run_id, parent_run_id, metadata)
+
+    def on_llm_start(self, serialized: dict[str, Any] | None, prompts: Any, *, run_id: UUID,
+                     parent_run_id: UUID | None = None,
+                     metadata: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        self._remember(run_id, parent_run_id, metadata)
+
+    def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+        with self._lock:
+            program_id = self._programs.pop(run_id, None)
+        if not (program_id and self.send_tool_intent):
+            return
+        calls = [call for generations in response.generations for g in generations
+                 if isinstance(g, ChatGeneration)
+                 for call in getattr(g.message, "tool_calls", None) or ()]
+        intents = tool_intents(calls)
+        if intents:
+            try:
+                self.client.tool_intent(program_id, intents)
+            except Exception as exc:  # readiness is an optimisation, never a failure
+                log.warning("tool intent for %s not delivered: %r", program_id, exc)
+
+    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        with self._lock:
+            self._programs.pop(run_id, None)
+
+    def _finish(self, run_id: UUID) -> None:
+        with self._lock:
+            program_id = self._programs.pop(run_id, None)
+            is_root = run_id in self._roots
+            self._roots.discard(run_id)
+        if is_root and program_id and self.release_on_end:
+            try:
+                self.client.release(program_id)
+                self.released.append(program_id)
+            except Exception as exc:  # the sidecar's idle timeout is the safety net
+                log.warning("release of %s not delivered: %r", program_id, exc)
+
+    def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self._finish(run_id)
+
+    def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._finish(run_id)

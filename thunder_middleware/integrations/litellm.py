@@ -1,0 +1,242 @@
+"""LiteLLM SDK integration: one callback that carries program identity and tool intent.
+
+Insert with ``litellm.callbacks = [ThunderLiteLLMCallback()]`` and pass
+``metadata={"program_id": ...}`` per call. Why each hook:
+
+- ``async_pre_call_deployment_hook`` runs after a deployment is picked, on every retry and
+  fallback of the async path, and may return new kwargs: it is where ``extra_body`` and the
+  header are merged in (``metadata`` itself is never forwarded to the provider).
+- ``async_post_call_success_deployment_hook`` sees a non-streamed response before the caller
+  does, so the tool intent reaches the sidecar before the agent can run the tool.
+- ``async_post_call_streaming_deployment_hook`` only sees the *final* chunk in litellm 1.110
+  (without the streamed tool names), so it announces "a tool call is coming" by name only
+  when the names are known; the wrappers below see every chunk and always name the tools.
+- The sync ``litellm.completion`` runs none of the deployment hooks (checked in 1.110.2), so
+  :func:`completion` tags the call and sends the intent itself; :func:`acompletion` does the
+  same for async streams.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
+
+import litellm
+from litellm.integrations.custom_logger import CustomLogger
+
+from thunder_middleware.integrations.client import (
+    AsyncThunderClient,
+    ThunderClient,
+    ToolIntent,
+)
+from thunder_middleware.integrations.tagging import (
+    PROGRAM_ID_FIELD,
+    program_id_from_metadata,
+    tool_calls_of_response,
+    tool_intents,
+    with_program_body,
+    with_program_headers,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "StreamedToolCalls",
+    "ThunderLiteLLMCallback",
+    "acompletion",
+    "completion",
+    "program_id_of_kwargs",
+    "tag_kwargs",
+]
+
+
+def program_id_of_kwargs(kwargs: Mapping[str, Any]) -> str | None:
+    """The program of a LiteLLM call: metadata, litellm_metadata, extra_body, session id."""
+    litellm_params = kwargs.get("litellm_params")
+    for source in (
+        kwargs.get("metadata"),
+        kwargs.get("litellm_metadata"),
+        litellm_params.get("metadata") if isinstance(litellm_params, Mapping) else None,
+        kwargs.get("extra_body"),
+    ):
+        found = program_id_from_metadata(source)
+        if found:
+            return found
+    session = kwargs.get("litellm_session_id")
+    return session if isinstance(session, str) and session else None
+
+
+def tag_kwargs(kwargs: Mapping[str, Any], program_id: str) -> dict[str, Any]:
+    """New kwargs whose request carries ``program_id`` in the body and the header."""
+    tagged = dict(kwargs)
+    tagged["extra_body"] = with_program_body(kwargs.get("extra_body"), program_id)
+    tagged["extra_headers"] = with_program_headers(kwargs.get("extra_headers"), program_id)
+    return tagged
+
+
+class StreamedToolCalls:
+    """Accumulates streamed tool-call deltas (name arrives once, arguments in pieces)."""
+
+    def __init__(self) -> None:
+        self.names: dict[int, str] = {}
+        self.arguments: dict[int, str] = {}
+        self.finished = False
+
+    def add(self, chunk: Any) -> None:
+        for choice in getattr(chunk, "choices", None) or ():
+            delta = getattr(choice, "delta", None)
+            for call in getattr(delta, "tool_calls", None) or ():
+                index = getattr(call, "index", 0) or 0
+                function = getattr(call, "function", None)
+                name = getattr(function, "name", None)
+                if name:
+                    self.names[index] = name
+                piece = getattr(function, "arguments", None)
+                if piece:
+                    self.arguments[index] = self.arguments.get(index, "") + piece
+            if getattr(choice, "finish_reason", None):
+                self.finished = True
+
+    def intents(self) -> list[ToolIntent]:
+        calls = [{"function": {"name": name, "arguments": self.arguments.get(i)}}
+                 for i, name in sorted(self.names.items())]
+        return tool_intents(calls)
+
+
+class ThunderLiteLLMCallback(CustomLogger):
+    """Tags async LiteLLM calls with their program and announces tool calls to the sidecar.
+
+    ``program_id`` is a default for calls that name none; ``namespace`` prefixes every id
+    (e.g. one per worker process) so unrelated loops sharing a sidecar key cannot collide.
+    """
+
+    def __init__(self, sidecar_url: str | None = None, *, api_key: str | None = None,
+                 program_id: str | None = None, namespace: str | None = None,
+                 send_tool_intent: bool = True) -> None:
+        super().__init__()
+        self.client = AsyncThunderClient(sidecar_url, api_key=api_key, attempts=2)
+        self.default_program_id = program_id
+        self.namespace = namespace
+        self.send_tool_intent = send_tool_intent
+
+    def program_id_for(self, kwargs: Mapping[str, Any]) -> str | None:
+        extra = kwargs.get("extra_body")
+        if isinstance(extra, Mapping) and isinstance(extra.get(PROGRAM_ID_FIELD), str):
+            return str(extra[PROGRAM_ID_FIELD])  # already tagged (a retry, or by a wrapper)
+        found = program_id_of_kwargs(kwargs) or self.default_program_id
+        if found and self.namespace:
+            return f"{self.namespace}:{found}"
+        return found
+
+    async def async_pre_call_deployment_hook(
+        self, kwargs: dict[str, Any], call_type: Any
+    ) -> dict[str, Any] | None:
+        program_id = self.program_id_for(kwargs)
+        return tag_kwargs(kwargs, program_id) if program_id else None
+
+    async def announce(self, program_id: str | None, intents: list[ToolIntent]) -> None:
+        if self.send_tool_intent and program_id:
+            await _announce_async(self.client, program_id, intents)
+
+    async def async_post_call_success_deployment_hook(
+        self, request_data: dict[str, Any], response: Any, call_type: Any
+    ) -> Any:
+        intents = tool_intents(tool_calls_of_response(response))
+        await self.announce(self.program_id_for(request_data), intents)
+        return None
+
+    async def async_post_call_streaming_deployment_hook(
+        self, request_data: dict[str, Any], response_chunk: Any, call_type: Any
+    ) -> Any:
+        collector = StreamedToolCalls()
+        collector.add(response_chunk)
+        await self.announce(self.program_id_for(request_data), collector.intents())
+        return None
+
+
+async def _announce_async(client: AsyncThunderClient, program_id: str,
+                          intents: list[ToolIntent]) -> None:
+    """Best effort: a sidecar that cannot take the intent must not fail the LLM call."""
+    if not intents:
+        return
+    try:
+        await client.tool_intent(program_id, intents)
+    except Exception as exc:  # the agent still works; its environment is readied later
+        log.warning("tool intent for %s not delivered: %r", program_id, exc)
+
+
+def _sync_client(sidecar_url: str | None, client: ThunderClient | None) -> ThunderClient:
+    return client or ThunderClient(sidecar_url, attempts=2)
+
+
+def _announce_sync(client: ThunderClient, program_id: str, intents: list[ToolIntent]) -> None:
+    if not intents:
+        return
+    try:
+        client.tool_intent(program_id, intents)
+    except Exception as exc:
+        log.warning("tool intent for %s not delivered: %r", program_id, exc)
+
+
+def _stream_with_intent(stream: Any, client: ThunderClient, program_id: str) -> Iterator[Any]:
+    """Pass chunks through; announce the tools before the chunk that finishes the call."""
+    collector = StreamedToolCalls()
+    announced = False
+    for chunk in stream:
+        collector.add(chunk)
+        if collector.finished and not announced:
+            _announce_sync(client, program_id, collector.intents())
+            announced = True
+        yield chunk
+    if not announced:
+        _announce_sync(client, program_id, collector.intents())
+
+
+async def _astream_with_intent(stream: Any, client: AsyncThunderClient,
+                               program_id: str) -> AsyncIterator[Any]:
+    collector = StreamedToolCalls()
+    announced = False
+    async for chunk in stream:
+        collector.add(chunk)
+        if collector.finished and not announced:
+            await _announce_async(client, program_id, collector.intents())
+            announced = True
+        yield chunk
+    if not announced:
+        await _announce_async(client, program_id, collector.intents())
+
+
+def completion(*, sidecar_url: str | None = None, client: ThunderClient | None = None,
+               **kwargs: Any) -> Any:
+    """``litellm.completion`` with the program tag and tool intent the sync path lacks."""
+    program_id = program_id_of_kwargs(kwargs)
+    if program_id is None:
+        return litellm.completion(**kwargs)
+    thunder = _sync_client(sidecar_url, client)
+    response = litellm.completion(**tag_kwargs(kwargs, program_id))
+    if kwargs.get("stream"):
+        return _stream_with_intent(response, thunder, program_id)
+    _announce_sync(thunder, program_id, tool_intents(tool_calls_of_response(response)))
+    return response
+
+
+async def acompletion(*, sidecar_url: str | None = None,
+                      client: AsyncThunderClient | None = None, **kwargs: Any) -> Any:
+    """``litellm.acompletion`` that also names streamed tool calls to the sidecar.
+
+    Non-streamed calls need nothing beyond the callback; this wrapper exists for streams,
+    whose tool names the deployment hooks never see.
+    """
+    program_id = program_id_of_kwargs(kwargs)
+    if program_id is None:
+        return await litellm.acompletion(**kwargs)
+    response = await litellm.acompletion(**tag_kwargs(kwargs, program_id))
+    if not kwargs.get("stream"):
+        if not any(isinstance(cb, ThunderLiteLLMCallback) for cb in litellm.callbacks):
+            thunder = client or AsyncThunderClient(sidecar_url, attempts=2)
+            await _announce_async(thunder, program_id,
+                                  tool_intents(tool_calls_of_response(response)))
+        return response
+    return _astream_with_intent(response, client or AsyncThunderClient(sidecar_url, attempts=2),
+                                program_id)

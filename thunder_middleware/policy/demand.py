@@ -1,0 +1,158 @@
+"""Per-backend demand with the decay f(t) = x^-t, kept incrementally (DESIGN section 3).
+
+    demand_b(now) = sum_{reasoning p on b} c_p + sum_{acting q on b} c_q * x^-(now - t_q)
+
+The acting part factors as x^-(now - ref) * sum c_q * x^(t_q - ref), so adding or removing an
+acting program is O(1) and reading the demand is O(1) however many programs a backend holds:
+this is what keeps a tick at 10,000 programs cheap. The reference time is moved forward
+(re-based) before x^(t_q - ref) can overflow, recomputing the sum exactly from the members so
+that rounding from many add/remove pairs never accumulates.
+"""
+
+from __future__ import annotations
+
+import math
+
+# re-base once x^(now - ref) would exceed e^_REBASE_EXPONENT (~1e13): far from overflow, and
+# the exact recomputation it triggers then costs O(members) only every ~43 s at x = 2
+_REBASE_EXPONENT = 30.0
+
+
+def decay(base: float, elapsed_s: float) -> float:
+    """f(t) = x^-t; 1.0 for t <= 0 (a program that just started acting counts fully)."""
+    if elapsed_s <= 0.0 or base == 1.0:
+        return 1.0
+    return base ** (-elapsed_s)
+
+
+class DecayingSum:
+    """sum of c_q * x^-(now - t_q) over a changing set, O(1) per update and per read."""
+
+    __slots__ = ("_ln_base", "_members", "_ref", "_scaled")
+
+    def __init__(self, base: float, now: float = 0.0) -> None:
+        self._ln_base = math.log(base)
+        self._members: dict[str, tuple[float, float]] = {}
+        self._ref = now
+        self._scaled = 0.0  # sum c_q * x^(t_q - ref)
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._members
+
+    def _weight(self, c: float, since: float) -> float:
+        return c * math.exp(self._ln_base * (since - self._ref))
+
+    def _maybe_rebase(self, now: float) -> None:
+        if (now - self._ref) * self._ln_base > _REBASE_EXPONENT:
+            self._ref = now
+            self._scaled = math.fsum(self._weight(c, t) for c, t in self._members.values())
+
+    def add(self, key: str, c: float, since: float) -> None:
+        self.discard(key)
+        self._maybe_rebase(since)
+        self._members[key] = (c, since)
+        self._scaled += self._weight(c, since)
+
+    def discard(self, key: str) -> None:
+        entry = self._members.pop(key, None)
+        if entry is None:
+            return
+        if not self._members:
+            self._scaled = 0.0  # reset exactly: no rounding residue survives an empty set
+            return
+        self._scaled -= self._weight(*entry)
+
+    def value(self, now: float) -> float:
+        if not self._members:
+            return 0.0
+        self._maybe_rebase(now)
+        total = self._scaled * math.exp(-self._ln_base * (now - self._ref))
+        return total if total > 0.0 else 0.0
+
+    def contribution(self, key: str, now: float) -> float:
+        """One member's current term, c * x^-(now - t)."""
+        entry = self._members.get(key)
+        if entry is None:
+            return 0.0
+        c, since = entry
+        return c * math.exp(-self._ln_base * max(now - since, 0.0))
+
+    def items(self) -> list[tuple[str, float, float]]:
+        return [(key, c, since) for key, (c, since) in self._members.items()]
+
+
+class BackendDemand:
+    """What one backend is committed to: the reasoning sum, the decaying acting sum, marks.
+
+    Marked programs (reasoning, to be paused when their call ends) still hold KV now but are
+    already leaving, so the *committed* demand that the watermarks are compared with leaves
+    them out; counting them would pause a second program for the same excess.
+    """
+
+    __slots__ = ("_marked", "_reasoning", "acting", "reasoning_sum")
+
+    def __init__(self, base: float, now: float) -> None:
+        self.acting = DecayingSum(base, now)
+        self._reasoning: dict[str, float] = {}
+        self._marked: set[str] = set()
+        self.reasoning_sum = 0.0
+
+    @property
+    def reasoning_count(self) -> int:
+        return len(self._reasoning) - len(self._marked)
+
+    @property
+    def unmarked_count(self) -> int:
+        """Programs bound here that are not already on their way out."""
+        return len(self._reasoning) - len(self._marked) + len(self.acting)
+
+    def reasoning_ids(self) -> list[str]:
+        """Every reasoning program bound here, marked ones included (they still hold KV)."""
+        return list(self._reasoning)
+
+    def members(self) -> list[str]:
+        return [*self._reasoning, *(key for key, _, _ in self.acting.items())]
+
+    def reasoning_items(self) -> list[tuple[str, float]]:
+        return [(key, c) for key, c in self._reasoning.items() if key not in self._marked]
+
+    def set_reasoning(self, key: str, c: float) -> None:
+        self.acting.discard(key)
+        self._drop_reasoning(key)
+        self._reasoning[key] = c
+        self.reasoning_sum += c
+
+    def set_acting(self, key: str, c: float, since: float) -> None:
+        self._drop_reasoning(key)
+        self.acting.add(key, c, since)
+
+    def mark(self, key: str) -> None:
+        c = self._reasoning.get(key)
+        if c is not None and key not in self._marked:
+            self._marked.add(key)
+            self.reasoning_sum -= c
+
+    def is_marked(self, key: str) -> bool:
+        return key in self._marked
+
+    def remove(self, key: str) -> None:
+        self.acting.discard(key)
+        self._drop_reasoning(key)
+
+    def _drop_reasoning(self, key: str) -> None:
+        c = self._reasoning.pop(key, None)
+        if c is None:
+            return
+        if key in self._marked:
+            self._marked.discard(key)
+        else:
+            self.reasoning_sum -= c
+        if not self._reasoning:
+            self.reasoning_sum = 0.0
+
+    def raw(self, now: float) -> float:
+        """Committed demand before the shared-prefix correction."""
+        return max(self.reasoning_sum, 0.0) + self.acting.value(now)

@@ -1,0 +1,121 @@
+"""The sidecar application: wiring of settings, policy, backends, runtime and routes.
+
+``create_app`` builds everything from settings; the lifespan starts backend monitoring, the
+policy tick and the environment manager, and stops them in reverse order on shutdown
+(uvicorn drains in-flight requests before the lifespan ends).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from thunder_middleware.policy import PolicyConfig, ProgramScheduler
+from thunder_middleware.sidecar.backends.pool import BackendPool, make_client
+from thunder_middleware.sidecar.environments import EnvironmentLink, environment_link_for
+from thunder_middleware.sidecar.errors import install_error_handlers
+from thunder_middleware.sidecar.metrics import SidecarMetrics, StateCollector
+from thunder_middleware.sidecar.persistence import InMemoryProgramStore, ProgramStore
+from thunder_middleware.sidecar.proxy import Proxy
+from thunder_middleware.sidecar.routes_openai import router as openai_router
+from thunder_middleware.sidecar.routes_programs import router as programs_router
+from thunder_middleware.sidecar.runtime import SchedulerRuntime
+from thunder_middleware.sidecar.settings import SidecarSettings
+
+
+def policy_config(settings: SidecarSettings) -> PolicyConfig:
+    """The sidecar's policy knobs, in the policy's own terms (policy seconds)."""
+    return PolicyConfig(
+        tick_interval_s=settings.check_interval,
+        decay_base=settings.decay_base,
+        lambda_min=settings.lambda_min,
+        lambda_max=settings.lambda_max,
+        starvation_bound_s=settings.starvation_bound,
+        idle_timeout_s=settings.idle_timeout,
+        cost_aware=settings.cost_aware,
+    )
+
+
+def create_app(
+    settings: SidecarSettings,
+    *,
+    store: ProgramStore | None = None,
+    environment_link: EnvironmentLink | None = None,
+) -> FastAPI:
+    """Build the sidecar; ``store`` and ``environment_link`` are the plug-in points."""
+    metrics = SidecarMetrics()
+    client = make_client(settings.max_connections, settings.request_timeout,
+                         settings.connect_timeout, settings.backend_api_key)
+    pool = BackendPool(settings.backends, client, kind=settings.backend_kind,
+                       capacity_tokens=settings.backend_capacity,
+                       metrics_interval=settings.metrics_interval)
+    runtime = SchedulerRuntime(
+        ProgramScheduler(policy_config(settings)), pool, metrics,
+        store or InMemoryProgramStore(), time_scale=settings.time_scale,
+        tick_interval_s=settings.check_interval, idle_timeout_s=settings.idle_timeout,
+        prep_ahead=settings.prep_ahead,
+    )
+    link = environment_link if environment_link is not None else environment_link_for(
+        settings, runtime)
+    runtime.environments = link.manager if link.enabled else None
+    metrics.attach_state(StateCollector(
+        programs=runtime.scheduler.programs,
+        backends=lambda: runtime.scheduler.backend_views(runtime.now()),
+        engine_metrics=lambda: {name: (pool.is_healthy(name), backend.metrics)
+                                for name, backend in pool.backends.items()},
+        waiting=runtime.gates.waiting_count,
+        hit_rate=metrics.observed_hit_rate,
+    ))
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        await link.start()
+        try:
+            yield
+        finally:
+            await link.close()
+            await runtime.close()
+
+    app = FastAPI(title="thunder-middleware sidecar", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.runtime = runtime
+    app.state.metrics = metrics
+    app.state.proxy = Proxy(runtime, metrics)
+    app.state.environment_link = link
+    install_error_handlers(app)
+    app.include_router(openai_router)
+    app.include_router(programs_router)
+    app.include_router(link.router())
+
+    @app.get("/health")
+    async def health(request: Request) -> JSONResponse:
+        """200 while the sidecar runs (liveness); ``status`` says whether work can flow."""
+        views = {view.name: view for view in runtime.scheduler.backend_views(runtime.now())}
+        backends: list[dict[str, Any]] = []
+        for url in pool.urls:
+            backend = pool.backends.get(url)
+            view = views.get(url)
+            backends.append({
+                "url": url,
+                "kind": backend.kind if backend else None,
+                "healthy": pool.is_healthy(url),
+                "capacity_tokens": view.capacity_tokens if view else None,
+                "demand_tokens": round(view.demand, 1) if view else None,
+                "programs": view.programs if view else 0,
+            })
+        status = "ok" if pool.any_healthy() else "degraded"
+        return JSONResponse({"status": status, "backends": backends,
+                             "programs": len(runtime.registry.live),
+                             "waiting_requests": runtime.gates.waiting_count(),
+                             "environments": link.enabled})
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app

@@ -1,0 +1,219 @@
+"""The set of backends: one pooled HTTP client, discovery, scraping, health and probing.
+
+Each backend has a monitor task. While healthy it scrapes metrics every interval (two
+attempts, via tenacity); when scraping fails, or the proxy reports a connection failure,
+the backend is marked down at once and the task switches to probing with exponential
+back-off until the engine answers again. The pool only observes; what a health change
+means for programs is the policy's business, reached through :class:`PoolListener`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Protocol
+
+import httpx
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+    wait_fixed,
+    wait_random,
+)
+
+from thunder_middleware.sidecar.backends.base import Backend, BackendMetrics, BackendUnavailable
+from thunder_middleware.sidecar.backends.openai_compat import OpenAICompatBackend
+from thunder_middleware.sidecar.backends.sglang import SGLangBackend
+from thunder_middleware.sidecar.backends.vllm import VLLMBackend
+from thunder_middleware.sidecar.settings import BackendKind
+
+log = logging.getLogger(__name__)
+
+_ADAPTERS: dict[str, type[Backend]] = {
+    "vllm": VLLMBackend,
+    "sglang": SGLangBackend,
+    "openai": OpenAICompatBackend,
+}
+
+
+class PoolListener(Protocol):
+    """Told about health and metrics changes; the runtime forwards them to the policy."""
+
+    def backend_up(self, backend: Backend, metrics: BackendMetrics) -> None: ...
+
+    def backend_down(self, backend: Backend, reason: str) -> None: ...
+
+    def backend_metrics(self, backend: Backend, metrics: BackendMetrics) -> None: ...
+
+
+def make_client(max_connections: int, request_timeout: float, connect_timeout: float,
+                api_key: str | None = None) -> httpx.AsyncClient:
+    """One client for every upstream call: pooled keep-alive connections, sized for
+    a thousand concurrent programs."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    return httpx.AsyncClient(
+        limits=httpx.Limits(
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=30.0,
+        ),
+        timeout=httpx.Timeout(request_timeout, connect=connect_timeout, pool=request_timeout),
+        headers=headers,
+    )
+
+
+async def detect_kind(client: httpx.AsyncClient, url: str) -> str:
+    """Guess the engine from its /metrics text: vLLM names, SGLang names, or neither."""
+    try:
+        response = await client.get(url + "/metrics", timeout=2.0)
+    except httpx.HTTPError as exc:
+        raise BackendUnavailable(f"{url}/metrics: {exc!r}") from exc
+    if response.status_code >= 500:
+        raise BackendUnavailable(f"{url}/metrics: HTTP {response.status_code}")
+    text = response.text if response.status_code == 200 else ""
+    if "vllm:" in text:
+        return "vllm"
+    if "sglang:" in text:
+        return "sglang"
+    return "openai"
+
+
+class BackendPool:
+    """Backends by name (their URL), with their health as last observed."""
+
+    def __init__(
+        self,
+        urls: list[str],
+        client: httpx.AsyncClient,
+        *,
+        kind: BackendKind = "auto",
+        capacity_tokens: int | None = None,
+        metrics_interval: float = 1.0,
+        max_backoff: float = 5.0,
+    ) -> None:
+        self.urls = [url.rstrip("/") for url in urls]
+        self.client = client
+        self.kind = kind
+        self.capacity_tokens = capacity_tokens
+        self.metrics_interval = metrics_interval
+        self.max_backoff = max_backoff
+        self.backends: dict[str, Backend] = {}
+        self.healthy: set[str] = set()
+        self._seen: set[str] = set()  # backends tried at least once since start
+        self._wake: dict[str, asyncio.Event] = {url: asyncio.Event() for url in self.urls}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._listener: PoolListener | None = None
+
+    # --- lifecycle -----------------------------------------------------------------
+    async def start(self, listener: PoolListener, wait_s: float = 10.0) -> None:
+        """Start monitoring; return once every backend was tried once (or ``wait_s``), so
+        that a sidecar answers its first request knowing which backends are up."""
+        self._listener = listener
+        self._tasks = [
+            asyncio.create_task(self._monitor(url), name=f"monitor {url}") for url in self.urls
+        ]
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while len(self._seen) < len(self.urls):
+            if asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.client.aclose()
+
+    # --- queries -------------------------------------------------------------------
+    def is_healthy(self, name: str) -> bool:
+        return name in self.healthy
+
+    def any_healthy(self) -> bool:
+        return bool(self.healthy)
+
+    def get(self, name: str) -> Backend:
+        return self.backends[name]
+
+    def report_failure(self, name: str, reason: str) -> None:
+        """The proxy saw a connection failure: down now, probing starts at once."""
+        backend = self.backends.get(name)
+        if backend is not None and name in self.healthy:
+            self._mark_down(backend, reason)
+        event = self._wake.get(name)
+        if event is not None:
+            event.set()
+
+    # --- monitoring ----------------------------------------------------------------
+    def _mark_down(self, backend: Backend, reason: str) -> None:
+        self.healthy.discard(backend.name)
+        log.warning("backend %s unhealthy: %s", backend.name, reason)
+        if self._listener is not None:
+            self._listener.backend_down(backend, reason)
+
+    async def _adapter(self, url: str) -> Backend:
+        backend = self.backends.get(url)
+        if backend is None:
+            kind = self.kind if self.kind != "auto" else await detect_kind(self.client, url)
+            backend = _ADAPTERS[kind](url, self.client, capacity_tokens=self.capacity_tokens)
+            self.backends[url] = backend
+        return backend
+
+    async def _scrape(self, url: str) -> tuple[Backend, BackendMetrics]:
+        try:
+            backend = await self._adapter(url)
+            return backend, await backend.scrape()
+        finally:
+            self._seen.add(url)
+
+    async def _scrape_twice(self, url: str) -> tuple[Backend, BackendMetrics]:
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(2),
+            wait=wait_fixed(0.1),
+            retry=retry_if_exception_type(BackendUnavailable),
+            reraise=True,
+        ):
+            with attempt:
+                return await self._scrape(url)
+        raise AssertionError("unreachable")
+
+    async def _probe_until_up(self, url: str) -> tuple[Backend, BackendMetrics]:
+        async for attempt in AsyncRetrying(
+            wait=wait_exponential(multiplier=0.2, max=self.max_backoff) + wait_random(0, 0.1),
+            retry=retry_if_exception_type(BackendUnavailable),
+        ):
+            with attempt:
+                return await self._scrape(url)
+        raise AssertionError("unreachable")
+
+    async def _monitor(self, url: str) -> None:
+        wake = self._wake[url]
+        while True:
+            try:
+                if url in self.healthy:
+                    backend, metrics = await self._scrape_twice(url)
+                    if url in self.healthy and self._listener is not None:
+                        self._listener.backend_metrics(backend, metrics)
+                else:
+                    backend, metrics = await self._probe_until_up(url)
+                    self.healthy.add(url)
+                    log.warning("backend %s healthy (%s, capacity %s tokens)", url,
+                                backend.kind, metrics.capacity_tokens)
+                    if self._listener is not None:
+                        self._listener.backend_up(backend, metrics)
+            except BackendUnavailable as exc:
+                backend_or_none = self.backends.get(url)
+                if backend_or_none is not None and url in self.healthy:
+                    self._mark_down(backend_or_none, str(exc))
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a listener bug must not kill health monitoring
+                log.exception("backend monitor of %s", url)
+            wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), self.metrics_interval)

@@ -1,0 +1,106 @@
+"""``thunder-middleware serve``: the sidecar in front of vLLM-compatible backends.
+
+Every flag defaults to None so that only flags actually given override THUNDER_* variables
+and the TOML file (see :mod:`thunder_middleware.sidecar.settings`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+from pydantic import ValidationError
+
+from thunder_middleware.sidecar.settings import EnvProvider, load_settings
+
+
+def serve(
+    backend: list[str] = typer.Option(None, "--backend", help="Backend URL (repeat for more)."),
+    host: str = typer.Option(None, help="Interface to bind (default 127.0.0.1)."),
+    port: int = typer.Option(None, help="Port to listen on (default 9000)."),
+    config: Path = typer.Option(
+        None,
+        "--config",
+        exists=True,
+        dir_okay=False,
+        help="TOML file with settings (same names as the flags).",
+    ),
+    check_interval: float = typer.Option(None, help="Policy check period, seconds (default 5)."),
+    decay_base: float = typer.Option(None, help="x of the acting decay f(t)=x^-t (default 2)."),
+    lambda_max: float = typer.Option(
+        None, help="High watermark, fraction of capacity (default 1.0)."
+    ),
+    lambda_min: float = typer.Option(
+        None, help="Low watermark, fraction of capacity (default 1.0)."
+    ),
+    idle_timeout: float = typer.Option(
+        None, help="Expire programs idle this long, s (default 600)."
+    ),
+    starvation_bound: float = typer.Option(
+        None, help="Restore after waiting this long (default 120)."
+    ),
+    time_scale: float = typer.Option(
+        None, help="Divide all policy time constants by this (default 1)."
+    ),
+    backend_capacity: int = typer.Option(None, help="KV tokens of generic OpenAI backends."),
+    backend_kind: str = typer.Option(None, help="auto | vllm | sglang | openai (default auto)."),
+    env_provider: str = typer.Option(
+        None, help="local | docker | kubernetes | none (default local)."
+    ),
+    metrics_interval: float = typer.Option(None, help="Backend scrape period, s (default 1)."),
+    cost_aware: bool = typer.Option(
+        None, "--cost-aware/--no-cost-aware", help="Pause only when it pays off (default on)."
+    ),
+    strip_program_id: bool = typer.Option(
+        None,
+        "--strip-program-id/--keep-program-id",
+        help="Remove program_id before forwarding (default keep).",
+    ),
+    log_level: str = typer.Option(None, help="uvicorn / sidecar log level (default warning)."),
+) -> None:
+    """Run the program-aware sidecar."""
+    import uvicorn
+
+    from thunder_middleware.sidecar.app import create_app
+
+    provider: EnvProvider | None = env_provider  # type: ignore[assignment]
+    try:
+        settings = load_settings(
+            config,
+            backends=backend or None,
+            host=host,
+            port=port,
+            check_interval=check_interval,
+            decay_base=decay_base,
+            lambda_max=lambda_max,
+            lambda_min=lambda_min,
+            idle_timeout=idle_timeout,
+            starvation_bound=starvation_bound,
+            time_scale=time_scale,
+            backend_capacity=backend_capacity,
+            backend_kind=backend_kind,
+            env_provider=provider,
+            metrics_interval=metrics_interval,
+            cost_aware=cost_aware,
+            strip_program_id=strip_program_id,
+            log_level=log_level,
+        )
+    except ValidationError as exc:
+        typer.echo(f"invalid settings:\n{exc}", err=True)
+        raise typer.Exit(2) from exc
+    if not settings.backends:
+        typer.echo("at least one --backend URL is required (or THUNDER_BACKENDS)", err=True)
+        raise typer.Exit(2)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        backlog=4096,
+    )

@@ -1,0 +1,114 @@
+"""Where requests of paused programs wait: one asyncio future per waiting request.
+
+A waiting request costs nothing while it waits (no polling): the runtime resolves its
+future with a backend name when a Restore (or Admit) decision names its program, or fails
+it when the program ends. The only other thing a waiter watches is its own client, through
+the ASGI ``receive`` channel, so a client that hangs up leaves the queue at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+
+
+class ClientDisconnected(Exception):
+    """The client hung up while its request waited at the gate."""
+
+
+class ProgramEnded(Exception):
+    """The program was released or expired while a request of it waited."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ProgramGates:
+    """Waiting requests by program key."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, list[asyncio.Future[str]]] = {}
+
+    def open(self, key: str) -> asyncio.Future[str]:
+        """A future for one request; open it BEFORE telling the policy, so that a Restore
+        applied during that very call finds it."""
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(key, []).append(future)
+        return future
+
+    def let_through(self, key: str, backend: str) -> int:
+        """Resolve every waiting request of ``key`` to ``backend``; returns how many."""
+        futures = self._waiting.pop(key, [])
+        released = 0
+        for future in futures:
+            if not future.done():
+                future.set_result(backend)
+                released += 1
+        return released
+
+    def fail(self, key: str, reason: str) -> None:
+        for future in self._waiting.pop(key, []):
+            if not future.done():
+                future.set_exception(ProgramEnded(reason))
+
+    def discard(self, key: str, future: asyncio.Future[str]) -> None:
+        futures = self._waiting.get(key)
+        if futures is None:
+            return
+        with contextlib.suppress(ValueError):
+            futures.remove(future)
+        if not futures:
+            del self._waiting[key]
+
+    def is_waiting(self, key: str) -> bool:
+        return bool(self._waiting.get(key))
+
+    def waiting_count(self) -> int:
+        return sum(len(futures) for futures in self._waiting.values())
+
+
+async def until_disconnect(receive: Receive) -> None:
+    """Return when the client hangs up (the body was already read, so only
+    ``http.disconnect`` can come)."""
+    while True:
+        message = await receive()
+        if message.get("type") == "http.disconnect":
+            return
+
+
+async def unless_disconnected(awaitable: Awaitable[T], receive: Receive) -> T:
+    """Await ``awaitable`` but give up (cancelling it) if the client disconnects first.
+
+    Cancelling an httpx call closes its connection, which is how the backend learns to
+    abort the request.
+    """
+    work = asyncio.ensure_future(awaitable)
+    watcher = asyncio.ensure_future(until_disconnect(receive))
+    try:
+        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        work.cancel()
+        raise
+    finally:
+        if not watcher.done():
+            watcher.cancel()
+    if work.done():
+        return work.result()
+    work.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await work
+    raise ClientDisconnected()
+
+
+async def wait_for_backend(future: asyncio.Future[str], receive: Receive) -> str:
+    """The backend ``future`` resolves to, unless the client disconnects first."""
+    if future.done():
+        return future.result()
+    return await unless_disconnected(asyncio.shield(future), receive)

@@ -1,0 +1,235 @@
+"""Forwarding OpenAI calls to the backend the policy chose, and reporting how they went.
+
+Every call ends in exactly one ``runtime.complete`` (usage None when it failed or was
+aborted), so no program is ever left reasoning forever. A call that fails before any byte
+reached the client (connection refused, timeout, 5xx) marks its backend down and goes back
+through the gate once: the policy places it on a healthy replica (a migration). A stream
+that breaks after bytes were sent ends with an SSE error event and ``[DONE]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import anyio
+import httpx
+import orjson
+from fastapi import Request
+from fastapi.responses import Response, StreamingResponse
+
+from thunder_middleware.policy.types import Usage
+from thunder_middleware.sidecar.errors import APIError, no_backend
+from thunder_middleware.sidecar.gates import ClientDisconnected, unless_disconnected
+from thunder_middleware.sidecar.metrics import SidecarMetrics
+from thunder_middleware.sidecar.payload import ParsedRequest
+from thunder_middleware.sidecar.runtime import Lease, SchedulerRuntime
+from thunder_middleware.sidecar.sse import (
+    DONE_EVENT,
+    SSEEventSplitter,
+    error_event,
+    filter_event,
+    usage_from_dict,
+)
+from thunder_middleware.sidecar.timeline import StepOutcome
+
+log = logging.getLogger(__name__)
+
+_JSON_HEADERS = {"content-type": "application/json"}
+CLIENT_CLOSED_REQUEST = 499  # nginx's convention; nobody reads it, the client is gone
+
+
+class UpstreamFailed(Exception):
+    """The backend failed the call before the client saw a byte: retryable elsewhere."""
+
+
+@dataclass(slots=True)
+class OpenStream:
+    """An upstream stream whose first events were already read."""
+
+    response: httpx.Response
+    chunks: AsyncIterator[bytes]
+    splitter: SSEEventSplitter
+    first_events: list[bytes]
+    sent_at: float
+    first_token_s: float | None
+
+
+class Proxy:
+    """Forwards one route's calls; one instance per app."""
+
+    def __init__(self, runtime: SchedulerRuntime, metrics: SidecarMetrics) -> None:
+        self.runtime = runtime
+        self.metrics = metrics
+        self.client = runtime.pool.client
+
+    async def forward(self, request: Request, path: str, key: str, parsed: ParsedRequest,
+                      started: float, route: str) -> Response:
+        """Send the call, retrying once through the gate after a backend fault."""
+        receive = request.receive
+        for attempt in (0, 1):
+            if not self.runtime.pool.any_healthy():
+                raise no_backend()
+            try:
+                lease = await self.runtime.acquire(key, parsed.prompt_chars, receive,
+                                                   retried=attempt > 0)
+            except ClientDisconnected:
+                self.metrics.requests.labels(route=route, outcome="abandoned").inc()
+                return Response(status_code=CLIENT_CLOSED_REQUEST)
+            try:
+                if parsed.stream:
+                    return await self._stream(request, path, lease, parsed, route)
+                return await self._call(request, path, lease, parsed, started, route)
+            except UpstreamFailed as exc:
+                if attempt == 0:
+                    self.metrics.retries.inc()
+                    log.warning("retrying %s after: %s", key, exc)
+                    continue
+                self.metrics.requests.labels(route=route, outcome="failed").inc()
+                raise APIError(502, f"the backend failed twice: {exc}",
+                               code="upstream_unavailable") from exc
+        raise AssertionError("unreachable")
+
+    def _fail(self, lease: Lease, reason: str, sent_at: float, stream: bool) -> UpstreamFailed:
+        self.runtime.complete(lease, usage=None, outcome="failed", stream=stream,
+                              first_token_s=None, total_s=time.perf_counter() - sent_at)
+        self.runtime.backend_failed(lease.backend, reason)
+        return UpstreamFailed(f"{lease.backend}: {reason}")
+
+    # --- non-streaming -------------------------------------------------------------------
+    async def _call(self, request: Request, path: str, lease: Lease, parsed: ParsedRequest,
+                    started: float, route: str) -> Response:
+        sent_at = time.perf_counter()
+        try:
+            upstream = await unless_disconnected(
+                self.client.post(lease.backend + path, content=parsed.upstream_body,
+                                 headers=_JSON_HEADERS),
+                request.receive,
+            )
+        except ClientDisconnected:
+            self.runtime.complete(lease, usage=None, outcome="aborted", stream=False,
+                                  first_token_s=None, total_s=time.perf_counter() - sent_at)
+            self.metrics.requests.labels(route=route, outcome="aborted").inc()
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        except httpx.HTTPError as exc:
+            raise self._fail(lease, repr(exc), sent_at, False) from exc
+        upstream_s = time.perf_counter() - sent_at
+        if upstream.status_code >= 500:
+            raise self._fail(lease, f"HTTP {upstream.status_code}", sent_at, False)
+        content = upstream.content
+        usage: Usage | None = None
+        if upstream.status_code == 200:
+            usage = _usage_of_body(content)
+        self.runtime.complete(lease, usage=usage, outcome="ok" if usage else "failed",
+                              stream=False, first_token_s=None, total_s=upstream_s)
+        self.metrics.requests.labels(route=route, outcome=str(upstream.status_code)).inc()
+        self.metrics.added_latency.observe(
+            max(0.0, time.perf_counter() - started - upstream_s - lease.queue_wait_s))
+        return Response(content=content, status_code=upstream.status_code,
+                        media_type=upstream.headers.get("content-type", "application/json"))
+
+    # --- streaming -----------------------------------------------------------------------
+    async def _open_stream(self, path: str, lease: Lease, parsed: ParsedRequest) -> OpenStream:
+        """Send, and read until the first whole event: until then nothing reached the
+        client, so a failure here is still retryable."""
+        sent_at = time.perf_counter()
+        request = self.client.build_request("POST", lease.backend + path,
+                                            content=parsed.upstream_body, headers=_JSON_HEADERS)
+        response = await self.client.send(request, stream=True)
+        chunks = response.aiter_raw()
+        splitter = SSEEventSplitter()
+        if response.status_code != 200:
+            return OpenStream(response, chunks, splitter, [], sent_at, None)
+        events: list[bytes] = []
+        try:
+            async for chunk in chunks:
+                events = splitter.feed(chunk)
+                if events:
+                    break
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
+            raise
+        return OpenStream(response, chunks, splitter, events, sent_at,
+                          time.perf_counter() - sent_at)
+
+    async def _stream(self, request: Request, path: str, lease: Lease, parsed: ParsedRequest,
+                      route: str) -> Response:
+        sent_at = time.perf_counter()
+        try:
+            opened = await unless_disconnected(self._open_stream(path, lease, parsed),
+                                               request.receive)
+        except ClientDisconnected:
+            self.runtime.complete(lease, usage=None, outcome="aborted", stream=True,
+                                  first_token_s=None, total_s=time.perf_counter() - sent_at)
+            self.metrics.requests.labels(route=route, outcome="aborted").inc()
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        except httpx.HTTPError as exc:
+            raise self._fail(lease, repr(exc), sent_at, True) from exc
+        status = opened.response.status_code
+        if status != 200:
+            body = await opened.response.aread()
+            await opened.response.aclose()
+            if status >= 500:
+                raise self._fail(lease, f"HTTP {status}", sent_at, True)
+            self.runtime.complete(lease, usage=None, outcome="failed", stream=True,
+                                  first_token_s=None, total_s=time.perf_counter() - sent_at)
+            self.metrics.requests.labels(route=route, outcome=str(status)).inc()
+            return Response(content=body, status_code=status,
+                            media_type=opened.response.headers.get("content-type"))
+        if not opened.first_events:
+            await opened.response.aclose()
+            raise self._fail(lease, "stream ended before its first event", sent_at, True)
+        self.metrics.requests.labels(route=route, outcome="200").inc()
+        return StreamingResponse(
+            self._relay(lease, opened, parsed.client_wants_usage),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+
+    async def _relay(self, lease: Lease, opened: OpenStream,
+                     client_wants_usage: bool) -> AsyncIterator[bytes]:
+        """Pass events on one by one; closing the upstream stream on any exit is what
+        aborts the backend's request when the client leaves."""
+        usage: Usage | None = None
+        outcome: StepOutcome = "aborted"
+        try:
+            for event in opened.first_events:
+                filtered = filter_event(event, client_wants_usage)
+                usage = filtered.usage or usage
+                if filtered.forward is not None:
+                    yield filtered.forward
+            try:
+                async for chunk in opened.chunks:
+                    for event in opened.splitter.feed(chunk):
+                        filtered = filter_event(event, client_wants_usage)
+                        usage = filtered.usage or usage
+                        if filtered.forward is not None:
+                            yield filtered.forward
+                rest = opened.splitter.remainder()
+                if rest.strip():
+                    yield rest + b"\n\n"
+                outcome = "ok"
+            except httpx.HTTPError as exc:
+                outcome = "failed"
+                self.runtime.backend_failed(lease.backend, repr(exc))
+                yield error_event(f"the backend stream broke midway: {exc!r}")
+                yield DONE_EVENT
+        finally:
+            with anyio.CancelScope(shield=True):
+                await opened.response.aclose()
+            total_s = time.perf_counter() - opened.sent_at
+            self.runtime.complete(
+                lease, usage=usage if outcome == "ok" else None,
+                outcome=outcome,
+                stream=True, first_token_s=opened.first_token_s, total_s=total_s)
+
+
+def _usage_of_body(content: bytes) -> Usage | None:
+    try:
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return None
+    return usage_from_dict(body.get("usage")) if isinstance(body, dict) else None

@@ -1,0 +1,72 @@
+"""The OpenAI surface: chat and text completions through the gate, models from every backend.
+
+Bodies are read raw and parsed once (no pydantic model of the OpenAI schema): the sidecar
+checks only what it reads and forwards everything else untouched, so the hot path stays
+short and new OpenAI fields keep working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+
+from thunder_middleware.sidecar.errors import no_backend
+from thunder_middleware.sidecar.identity import extract_program_id, namespaced
+from thunder_middleware.sidecar.payload import Route, prepare_request
+from thunder_middleware.sidecar.proxy import Proxy
+from thunder_middleware.sidecar.settings import SidecarSettings
+from thunder_middleware.sidecar.tenancy import resolve_tenant
+
+router = APIRouter()
+
+
+async def _complete(request: Request, tenant: str, route: Route, path: str) -> Response:
+    started = time.perf_counter()
+    settings: SidecarSettings = request.app.state.settings
+    proxy: Proxy = request.app.state.proxy
+    parsed = prepare_request(await request.body(), route,
+                             strip_program_id=settings.strip_program_id)
+    identity = extract_program_id(parsed.body, request.headers, settings.max_program_id_length)
+    response = await proxy.forward(request, path, namespaced(tenant, identity.program_id),
+                                   parsed, started, route)
+    response.headers["x-program-id"] = identity.program_id
+    return response
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request, tenant: str = Depends(resolve_tenant)) -> Response:
+    return await _complete(request, tenant, "chat", "/v1/chat/completions")
+
+
+@router.post("/v1/completions")
+async def completions(request: Request, tenant: str = Depends(resolve_tenant)) -> Response:
+    return await _complete(request, tenant, "completions", "/v1/completions")
+
+
+@router.get("/v1/models")
+async def models(request: Request, tenant: str = Depends(resolve_tenant)) -> Response:
+    """The union of the healthy backends' models (by id, first seen wins)."""
+    proxy: Proxy = request.app.state.proxy
+    pool = proxy.runtime.pool
+    names = sorted(pool.healthy)
+    if not names:
+        raise no_backend()
+
+    async def fetch(name: str) -> list[dict[str, Any]]:
+        try:
+            response = await proxy.client.get(name + "/v1/models", timeout=5.0)
+            data = response.json().get("data", []) if response.status_code == 200 else []
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return []
+        return [item for item in data if isinstance(item, dict) and "id" in item]
+
+    seen: dict[str, dict[str, Any]] = {}
+    for items in await asyncio.gather(*(fetch(name) for name in names)):
+        for item in items:
+            seen.setdefault(str(item["id"]), item)
+    return JSONResponse({"object": "list", "data": list(seen.values())})

@@ -1,0 +1,378 @@
+"""The asyncio runtime around the pure policy: report events, apply decisions, nothing else.
+
+The runtime owns no scheduling logic. It turns what happens on the wire (a request arrives,
+a call completes, a client leaves, a backend dies, time passes) into calls on the same
+:class:`ProgramScheduler` the simulator drives, and applies the decisions that come back in
+order: opening gates, counting pauses and migrations, terminating programs and reclaiming
+what they own. The policy runs on a clock ``time_scale`` times faster than the wall, which
+divides every policy time constant, so the sidecar can front a time-scaled twin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from thunder_middleware.policy import ProgramScheduler
+from thunder_middleware.policy.types import (
+    Admit,
+    CallTiming,
+    Decision,
+    Expire,
+    MarkForPause,
+    Pause,
+    Restore,
+    Status,
+    Usage,
+)
+from thunder_middleware.policy.views import ProgramView
+from thunder_middleware.sidecar.backends.base import Backend, BackendMetrics
+from thunder_middleware.sidecar.backends.pool import BackendPool
+from thunder_middleware.sidecar.errors import APIError, not_found
+from thunder_middleware.sidecar.gates import (
+    ProgramEnded,
+    ProgramGates,
+    Receive,
+    wait_for_backend,
+)
+from thunder_middleware.sidecar.identity import is_anonymous_key
+from thunder_middleware.sidecar.metrics import SidecarMetrics
+from thunder_middleware.sidecar.persistence import ProgramStore, StoredProgram
+from thunder_middleware.sidecar.registry import ProgramRegistry, TrackedProgram
+from thunder_middleware.sidecar.timeline import StepOutcome, StepRecord
+
+log = logging.getLogger(__name__)
+
+
+class EnvironmentPort(Protocol):
+    """What the runtime needs from the tool-environment manager (contract 4)."""
+
+    async def prepare(self, program_key: str) -> None: ...
+
+    async def reclaim(self, program_key: str) -> Any: ...
+
+    def describe(self, program_key: str) -> list[Any]: ...
+
+
+@dataclass(slots=True)
+class Lease:
+    """A request let through its gate: where it goes and what it waited."""
+
+    key: str
+    backend: str
+    arrival_wall: float
+    arrival: float  # perf_counter at the gate
+    queue_wait_s: float
+    retried: bool = False
+
+
+class SchedulerRuntime:
+    """Binds a ProgramScheduler to live requests, backends and time."""
+
+    def __init__(
+        self,
+        scheduler: ProgramScheduler,
+        pool: BackendPool,
+        metrics: SidecarMetrics,
+        store: ProgramStore,
+        *,
+        time_scale: float = 1.0,
+        tick_interval_s: float = 5.0,
+        idle_timeout_s: float = 600.0,
+        prep_ahead: int = 4,
+    ) -> None:
+        self.scheduler = scheduler
+        self.pool = pool
+        self.metrics = metrics
+        self.store = store
+        self.gates = ProgramGates()
+        self.registry = ProgramRegistry()
+        self.environments: EnvironmentPort | None = None
+        self.time_scale = time_scale
+        self.tick_interval_s = tick_interval_s
+        self.idle_timeout_s = idle_timeout_s
+        self.prep_ahead = prep_ahead
+        self._tick_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # --- clock and lifecycle -------------------------------------------------------------
+    def now(self) -> float:
+        """The policy's clock: monotonic seconds times the time scale."""
+        return time.monotonic() * self.time_scale
+
+    async def start(self) -> None:
+        await self.pool.start(self)
+        self._tick_task = asyncio.create_task(self._tick_loop(), name="policy tick")
+
+    async def close(self) -> None:
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tick_task
+        for task in list(self._background):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 10.0)
+        await self.pool.close()
+
+    def _spawn(self, coro: Any, what: str) -> None:
+        """Run environment work in the background; failures are logged, never raised."""
+        async def guarded() -> None:
+            try:
+                await coro
+            except Exception:
+                log.exception("%s failed", what)
+
+        task = asyncio.create_task(guarded(), name=what)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # --- request path -------------------------------------------------------------------
+    def ensure_program(self, key: str) -> TrackedProgram:
+        program = self.registry.ensure(key, is_anonymous_key(key), time.time())
+        program.last_activity = time.time()
+        return program
+
+    async def acquire(self, key: str, prompt_chars: int, receive: Receive,
+                      *, retried: bool = False) -> Lease:
+        """Wait until the policy lets a request of ``key`` through; return where to send it.
+
+        Raises ClientDisconnected (reported to the policy as abandoned) or APIError(409)
+        when the program ends while the request waits.
+        """
+        program = self.ensure_program(key)
+        arrival_wall = time.time()
+        arrival = time.perf_counter()
+        future = self.gates.open(key)
+        try:
+            self.apply(self.scheduler.on_request(key, self.now(), prompt_chars))
+            backend = await wait_for_backend(future, receive)
+        except ProgramEnded as exc:
+            raise APIError(409, f"program {program.program_id!r} was {exc.reason} while "
+                           "this request waited", param="program_id",
+                           code="program_terminated") from exc
+        except BaseException:
+            if not future.done() and key in self.registry.live:
+                self.apply(self.scheduler.on_request_abandoned(key, self.now()))
+                program.timeline.add(StepRecord(
+                    index=program.timeline.next_index(), arrival=arrival_wall,
+                    queue_wait_s=time.perf_counter() - arrival, backend=None,
+                    outcome="abandoned", stream=False))
+                self._save(program)
+            elif future.done() and not future.cancelled() and future.exception() is None:
+                # let through at the very moment the client left: the call never happened
+                self.apply(self.scheduler.on_request_done(key, self.now(), None, None))
+            raise
+        finally:
+            self.gates.discard(key, future)
+        wait = time.perf_counter() - arrival
+        self.metrics.queue_wait.observe(wait)
+        return Lease(key, backend, arrival_wall, arrival, wait, retried)
+
+    def complete(
+        self,
+        lease: Lease,
+        *,
+        usage: Usage | None,
+        outcome: StepOutcome,
+        stream: bool,
+        first_token_s: float | None,
+        total_s: float | None,
+    ) -> None:
+        """Report the end of a call (usage None when it failed or was aborted)."""
+        scale = self.time_scale
+        timing = None
+        if total_s is not None:
+            timing = CallTiming(
+                queue_wait_s=lease.queue_wait_s * scale,
+                first_token_s=(first_token_s if first_token_s is not None else total_s) * scale,
+                total_s=total_s * scale,
+            )
+        program = self.registry.live.get(lease.key)
+        if program is not None or self.scheduler.program(lease.key) is not None:
+            self.apply(self.scheduler.on_request_done(lease.key, self.now(), usage, timing))
+        if usage is not None:
+            self.metrics.record_usage(usage)
+        if program is None:
+            return
+        program.last_activity = time.time()
+        decode_s = None
+        if first_token_s is not None and total_s is not None:
+            decode_s = max(0.0, total_s - first_token_s)
+        program.timeline.add(StepRecord(
+            index=program.timeline.next_index(), arrival=lease.arrival_wall,
+            queue_wait_s=lease.queue_wait_s, backend=lease.backend, outcome=outcome,
+            stream=stream, prefill_s=first_token_s if stream else total_s, decode_s=decode_s,
+            total_s=total_s,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            cached_tokens=usage.cached_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            retried=lease.retried,
+        ))
+        self._save(program)
+        if program.anonymous:
+            self.release(lease.key, reason="completed")
+
+    def backend_failed(self, name: str, reason: str) -> None:
+        """The proxy saw the backend fail a call: the pool marks it down, the policy moves
+        its programs (through backend_down)."""
+        self.metrics.backend_faults.labels(backend=name).inc()
+        self.pool.report_failure(name, reason)
+
+    # --- control API --------------------------------------------------------------------
+    def register(self, key: str, environment_spec: dict[str, Any] | None = None) -> TrackedProgram:
+        program = self.ensure_program(key)
+        if environment_spec is not None:
+            program.environment_spec = environment_spec
+        self._save(program)
+        return program
+
+    def release(self, key: str, *, reason: str = "released") -> TrackedProgram:
+        program = self.registry.live.get(key)
+        view = self.scheduler.program(key)
+        if program is None and (view is None or view.status == Status.TERMINATED):
+            raise not_found(f"no live program {key.partition('/')[2]!r}", param="program_id")
+        if view is not None and view.status != Status.TERMINATED:
+            self.apply(self.scheduler.on_release(key, self.now()))
+        if reason == "released":
+            self.metrics.releases.inc()
+        ended = self._terminate(key, reason)
+        assert ended is not None or program is None
+        return ended or program  # type: ignore[return-value]
+
+    def program_view(self, key: str) -> ProgramView | None:
+        return self.scheduler.program(key)
+
+    # --- decisions ----------------------------------------------------------------------
+    def apply(self, decisions: Sequence[Decision]) -> None:
+        """Apply the policy's decisions in order."""
+        for decision in decisions:
+            if isinstance(decision, Admit):
+                self._bind(decision.program_id, decision.backend, restored=False)
+            elif isinstance(decision, Restore):
+                self._bind(decision.program_id, decision.backend, restored=True)
+            elif isinstance(decision, Pause):
+                program = self.registry.live.get(decision.program_id)
+                self.metrics.pauses.inc()
+                if program is not None:
+                    program.paused = True
+                    program.pauses += 1
+                    self._save(program)
+            elif isinstance(decision, MarkForPause):
+                continue  # the policy turns it into a Pause when the call completes
+            elif isinstance(decision, Expire):
+                self.metrics.expirations.inc()
+                self._terminate(decision.program_id, "expired")
+
+    def _bind(self, key: str, backend: str, *, restored: bool) -> None:
+        program = self.registry.live.get(key)
+        if program is not None:
+            if restored and program.paused:
+                program.restores += 1
+                self.metrics.restores.inc()
+                if program.last_backend is not None and program.last_backend != backend:
+                    program.migrations += 1
+                    self.metrics.migrations.inc()
+            program.paused = False
+            changed = program.last_backend != backend or restored
+            program.last_backend = backend
+            if changed:
+                self._save(program)
+        self.gates.let_through(key, backend)
+
+    def _terminate(self, key: str, reason: str) -> TrackedProgram | None:
+        self.gates.fail(key, reason)
+        program = self.registry.end(key, reason)
+        if program is None:
+            return None
+        if program.anonymous:
+            self.store.delete(key)
+        else:
+            self._save(program)
+        if self.environments is not None and not program.anonymous:
+            self._spawn(self.environments.reclaim(key), f"reclaim {key}")
+        return program
+
+    # --- backends (PoolListener) ---------------------------------------------------------
+    def backend_up(self, backend: Backend, metrics: BackendMetrics) -> None:
+        capacity = int(metrics.capacity_tokens or 0)
+        known = {view.name for view in self.scheduler.backend_views(self.now())}
+        if backend.name not in known:
+            self.apply(self.scheduler.add_backend(backend.name, capacity, self.now()))
+        else:
+            self.apply(self.scheduler.update_backend(
+                backend.name, self.now(), healthy=True, capacity_tokens=capacity,
+                kv_usage=metrics.kv_usage))
+
+    def backend_down(self, backend: Backend, reason: str) -> None:
+        known = {view.name for view in self.scheduler.backend_views(self.now())}
+        if backend.name in known:
+            self.apply(self.scheduler.update_backend(backend.name, self.now(), healthy=False))
+
+    def backend_metrics(self, backend: Backend, metrics: BackendMetrics) -> None:
+        self.apply(self.scheduler.update_backend(
+            backend.name, self.now(), capacity_tokens=metrics.capacity_tokens,
+            kv_usage=metrics.kv_usage))
+
+    # --- time ---------------------------------------------------------------------------
+    async def _tick_loop(self) -> None:
+        period = self.tick_interval_s / self.time_scale
+        while True:
+            await asyncio.sleep(period)
+            try:
+                self.tick()
+            except Exception:
+                log.exception("policy tick failed")
+
+    def tick(self) -> None:
+        self.apply(self.scheduler.tick(self.now()))
+        self._expire_unseen()
+        if self.environments is not None and self.prep_ahead:
+            for key in self.scheduler.restore_order(self.prep_ahead):
+                program = self.registry.live.get(key)
+                if program is not None and program.environment_spec is not None:
+                    self._spawn(self.environments.prepare(key), f"prepare {key}")
+
+    def _expire_unseen(self) -> None:
+        """Programs registered but never sent a request are unknown to the policy; the
+        runtime expires them itself on the same idle timeout."""
+        limit = time.time() - self.idle_timeout_s / self.time_scale
+        for key, program in list(self.registry.live.items()):
+            if program.last_activity < limit and self.scheduler.program(key) is None:
+                self.metrics.expirations.inc()
+                self._terminate(key, "expired")
+
+    # --- persistence --------------------------------------------------------------------
+    def _save(self, program: TrackedProgram) -> None:
+        if program.anonymous:
+            return
+        view = self.scheduler.program(program.key)
+        status = "terminated" if program.terminated_reason else (
+            str(view.status) if view is not None else "registered")
+        environments: list[dict[str, Any]] = []
+        if self.environments is not None:
+            environments = [as_plain_dict(handle)
+                            for handle in self.environments.describe(program.key)]
+        self.store.save(StoredProgram(
+            key=program.key, tenant=program.tenant, program_id=program.program_id,
+            status=status, phase=str(view.phase) if view is not None else None,
+            backend=view.backend if view is not None else None,
+            created_at=program.created_at, updated_at=time.time(),
+            terminated_reason=program.terminated_reason,
+            timeline_summary=program.timeline.summary(), environments=environments,
+            environment_spec=program.environment_spec,
+        ))
+
+
+def as_plain_dict(handle: Any) -> dict[str, Any]:
+    if hasattr(handle, "model_dump"):
+        return dict(handle.model_dump(mode="json"))
+    if hasattr(handle, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        return asdict(handle)
+    return dict(handle) if isinstance(handle, dict) else {"handle": str(handle)}

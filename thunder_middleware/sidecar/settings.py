@@ -1,0 +1,108 @@
+"""Sidecar settings: command-line flags > THUNDER_* environment variables > TOML file > defaults.
+
+One pydantic-settings model holds every knob so that the CLI, the environment and a config
+file cannot drift apart; the policy knobs are mapped onto the policy's own ``PolicyConfig`` in
+:mod:`thunder_middleware.sidecar.runtime` and nowhere else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+EnvProvider = Literal["local", "docker", "kubernetes", "none"]
+BackendKind = Literal["auto", "vllm", "sglang", "openai"]
+
+
+class SidecarSettings(BaseSettings):
+    """Everything ``thunder-middleware serve`` can be told."""
+
+    model_config = SettingsConfigDict(env_prefix="THUNDER_", extra="ignore")
+
+    # Where the sidecar listens and what it fronts.
+    host: str = "127.0.0.1"
+    port: int = Field(9000, ge=1, le=65535)
+    backends: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    backend_kind: BackendKind = "auto"
+    backend_capacity: int | None = Field(None, gt=0, description="KV tokens of generic backends")
+    backend_api_key: str | None = None
+
+    # Policy knobs (DESIGN.md section 3); seconds are policy seconds, see time_scale.
+    check_interval: float = Field(5.0, gt=0)
+    decay_base: float = Field(2.0, ge=1.0, description="1.0 disables the decay")
+    lambda_max: float = Field(1.0, gt=0)
+    lambda_min: float = Field(1.0, gt=0)
+    idle_timeout: float = Field(600.0, gt=0)
+    starvation_bound: float = Field(120.0, gt=0)
+    time_scale: float = Field(1.0, gt=0, description="policy clock runs this much faster")
+
+    # Runtime and proxy.
+    metrics_interval: float = Field(1.0, gt=0, description="real seconds between scrapes")
+    request_timeout: float = Field(600.0, gt=0)
+    connect_timeout: float = Field(5.0, gt=0)
+    max_connections: int = Field(2048, ge=16)
+    strip_program_id: bool = False
+    prep_ahead: int = Field(4, ge=0, description="paused programs whose environment is readied")
+    max_program_id_length: int = Field(256, ge=8)
+    cost_aware: bool = True
+    env_provider: EnvProvider = "local"
+    log_level: str = "warning"
+
+    _toml_path: ClassVar[Path | None] = None
+
+    @field_validator("backends", mode="before")
+    @classmethod
+    def _split_backends(cls, value: Any) -> Any:
+        """THUNDER_BACKENDS may be a comma-separated list, the friendliest form in a shell."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("backends")
+    @classmethod
+    def _normalise_backends(cls, value: list[str]) -> list[str]:
+        urls = [url.rstrip("/") for url in value]
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"backend {url!r} is not an http(s) URL")
+        return urls
+
+    @model_validator(mode="after")
+    def _check_watermarks(self) -> SidecarSettings:
+        if self.lambda_min > self.lambda_max:
+            raise ValueError("lambda_min must not exceed lambda_max (hysteresis window)")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls._toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_path))
+        return tuple(sources)
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> SidecarSettings:
+    """Build settings; ``overrides`` (the flags actually given) win over everything else."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+
+    class _WithFile(SidecarSettings):
+        _toml_path = config
+
+    loaded = _WithFile(**given)
+    return SidecarSettings.model_validate(loaded.model_dump())

@@ -1,0 +1,277 @@
+"""Local provider: a working directory and process groups per environment, no engine needed.
+
+The embedded default where no container engine exists. Each environment gets
+``<root>/<env_id>/`` (``work/`` is its home and working directory), and each command runs in a
+new session (its own process group) with the spec's limits applied before exec: memory as
+``RLIMIT_AS``, CPUs as an affinity mask of ``ceil(cpus)`` cores (without cgroups a fraction of a
+core cannot be enforced), no core dumps. Ports are host ports handed in through ``PORT`` and
+``PORT_<n>``; volumes are directories under ``work/``. Reclaim kills every labelled process and
+removes the directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import resource
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from thunder_middleware.tools import labels
+from thunder_middleware.tools.disk import directory_usage
+from thunder_middleware.tools.errors import InvalidSpec, ProviderError
+from thunder_middleware.tools.handles import ExecResult, ReclaimedCounts
+from thunder_middleware.tools.providers.base import (
+    DEFAULT_OUTPUT_LIMIT,
+    EXIT_NOT_EXECUTABLE,
+    EXIT_NOT_FOUND,
+    EXIT_TIMED_OUT,
+    EnvironmentProvider,
+    Instance,
+    OutputBuffer,
+    Placement,
+)
+from thunder_middleware.tools.providers.processes import (
+    kill_processes,
+    managed_processes,
+    processes_with,
+)
+from thunder_middleware.tools.specs import EnvSpec
+
+_READ_GRACE_S = 0.5  # output still arriving after exit (background children may hold the pipe)
+
+
+def _limits_applier(spec: EnvSpec) -> Callable[[], None]:
+    memory = spec.memory
+    cores = math.ceil(spec.cpus) if spec.cpus else None
+
+    def apply() -> None:  # runs in the child between fork and exec
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if memory:
+            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        if cores:
+            allowed = sorted(os.sched_getaffinity(0))
+            os.sched_setaffinity(0, allowed[:cores])
+
+    return apply
+
+
+def _inside(work: Path, path: str | None) -> Path:
+    """Map an environment path (``/src``) to a directory under ``work``."""
+    if not path:
+        return work
+    target = (work / path.lstrip("/")).resolve()
+    if not target.is_relative_to(work.resolve()):
+        raise InvalidSpec(f"path {path!r} leaves the environment", param="workdir")
+    return target
+
+
+async def _drain(fd: int, sink: OutputBuffer) -> None:
+    """Read a pipe into ``sink`` until EOF; closing the transport closes the fd."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
+    )
+    try:
+        while chunk := await reader.read(65536):
+            sink.feed(chunk)
+    finally:
+        transport.close()
+
+
+class LocalProvider(EnvironmentProvider):
+    name = "local"
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root or os.environ.get("THUNDER_ENV_ROOT", "/tmp/thunder-envs"))
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    async def validate(self, spec: EnvSpec) -> None:
+        argv = spec.command_argv()
+        if argv and shutil.which(argv[0]) is None and not Path(argv[0]).is_absolute():
+            raise InvalidSpec(f"command not found on this host: {argv[0]!r}", param="command")
+
+    def _environment(self, instance: Instance, extra: dict[str, str] | None) -> dict[str, str]:
+        base = {
+            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "LANG": "C.UTF-8",
+            "HOME": str(instance.data["work"]),
+            "TMPDIR": str(instance.data["work"]),
+        }
+        base.update(instance.data["env"])
+        base.update(extra or {})
+        base.update(instance.data["labels"])  # last: labels cannot be overridden
+        return base
+
+    async def create(self, placement: Placement) -> Instance:
+        spec = placement.spec
+        env_dir = self.root / placement.env_id
+        work = env_dir / "work"
+        try:
+            work.mkdir(parents=True)
+            for volume in spec.volumes:
+                _inside(work, volume.mount).mkdir(parents=True, exist_ok=True)
+            cwd = _inside(work, spec.workdir)
+            cwd.mkdir(parents=True, exist_ok=True)
+            meta = {"owner": placement.owner, "instance": placement.instance_id,
+                    "env_id": placement.env_id, "created_at": time.time()}
+            (env_dir / "meta.json").write_text(json.dumps(meta))
+        except OSError as exc:
+            shutil.rmtree(env_dir, ignore_errors=True)
+            raise ProviderError(f"cannot create the environment directory: {exc}") from exc
+        ports = {f"PORT_{port}": str(host) for port, host in placement.host_ports.items()}
+        if placement.host_ports:
+            ports["PORT"] = str(next(iter(placement.host_ports.values())))
+        instance = Instance(
+            env_id=placement.env_id,
+            owner=placement.owner,
+            ref=str(env_dir),
+            data={
+                "work": work,
+                "cwd": cwd,
+                "env": {**spec.env, **ports},
+                "labels": labels.process_labels(placement.owner, placement.instance_id,
+                                                placement.env_id),
+                "limits": _limits_applier(spec),
+                "main": None,
+            },
+        )
+        argv = spec.command_argv()
+        if argv:
+            log = open(env_dir / "main.log", "ab")  # noqa: SIM115 - handed to the child
+            try:
+                instance.data["main"] = await asyncio.create_subprocess_exec(
+                    *argv, cwd=cwd, env=self._environment(instance, None),
+                    stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+                    start_new_session=True, preexec_fn=instance.data["limits"],
+                )
+            except OSError as exc:
+                shutil.rmtree(env_dir, ignore_errors=True)
+                raise InvalidSpec(f"cannot start {argv[0]!r}: {exc.strerror}",
+                                  param="command") from exc
+            finally:
+                log.close()
+        return instance
+
+    async def is_running(self, instance: Instance) -> bool:
+        if not Path(instance.ref).exists():
+            return False
+        main: asyncio.subprocess.Process | None = instance.data["main"]
+        return main is None or main.returncode is None
+
+    async def exec(
+        self,
+        instance: Instance,
+        argv: list[str],
+        *,
+        timeout_s: float,
+        workdir: str | None = None,
+        env: dict[str, str] | None = None,
+        output_limit: int = DEFAULT_OUTPUT_LIMIT,
+    ) -> ExecResult:
+        started = time.monotonic()
+        cwd = _inside(instance.data["work"], workdir) if workdir else instance.data["cwd"]
+        if not cwd.is_dir():
+            return ExecResult(exit_code=EXIT_NOT_EXECUTABLE, stdout="",
+                              stderr=f"workdir {workdir!r} does not exist",
+                              duration_s=time.monotonic() - started)
+        # Our own pipes, not asyncio's PIPE: asyncio's wait() also waits for its pipes to close,
+        # so a command that leaves a background child (``server &``) would hang the exec.
+        out_read, out_write = os.pipe()
+        err_read, err_write = os.pipe()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv, cwd=cwd, env=self._environment(instance, env),
+                stdin=asyncio.subprocess.DEVNULL, stdout=out_write, stderr=err_write,
+                start_new_session=True, preexec_fn=instance.data["limits"],
+            )
+        except (FileNotFoundError, PermissionError) as exc:
+            for fd in (out_read, err_read):
+                os.close(fd)
+            missing = isinstance(exc, FileNotFoundError)
+            return ExecResult(exit_code=EXIT_NOT_FOUND if missing else EXIT_NOT_EXECUTABLE,
+                              stdout="", stderr=f"{argv[0]}: "
+                              f"{'command not found' if missing else 'permission denied'}",
+                              duration_s=time.monotonic() - started)
+        finally:
+            os.close(out_write)
+            os.close(err_write)
+        stdout, stderr = OutputBuffer(output_limit), OutputBuffer(output_limit)
+        readers = [asyncio.ensure_future(_drain(out_read, stdout)),
+                   asyncio.ensure_future(_drain(err_read, stderr))]
+        timed_out = False
+        try:
+            exit_code = await asyncio.wait_for(process.wait(), timeout_s)
+        except TimeoutError:
+            timed_out = True
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+            exit_code = EXIT_TIMED_OUT
+        finally:
+            _, pending = await asyncio.wait(readers, timeout=_READ_GRACE_S)
+            for reader in pending:
+                reader.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if exit_code < 0:  # killed by a signal: report it the way shells and Docker do
+            exit_code = 128 - exit_code
+        return ExecResult(
+            exit_code=exit_code, stdout=stdout.text(), stderr=stderr.text(),
+            duration_s=time.monotonic() - started,
+            truncated=stdout.truncated or stderr.truncated, timed_out=timed_out,
+        )
+
+    async def destroy(self, instance: Instance) -> ReclaimedCounts:
+        killed = kill_processes(processes_with(labels.ENV_VAR_ENV_ID, instance.env_id))
+        main: asyncio.subprocess.Process | None = instance.data.get("main")
+        if main is not None and main.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                main.kill()
+            await main.wait()
+        env_dir = Path(instance.ref)
+        existed = env_dir.exists()
+        await asyncio.to_thread(shutil.rmtree, env_dir, True)
+        return ReclaimedCounts(processes=killed, directories=int(existed))
+
+    async def disk_usage(self, instances: list[Instance]) -> dict[str, int]:
+        def measure() -> dict[str, int]:
+            return {item.env_id: directory_usage(item.ref) for item in instances}
+
+        return await asyncio.to_thread(measure)
+
+    async def reap(self, own_instance_id: str) -> ReclaimedCounts:
+        def sweep() -> ReclaimedCounts:
+            doomed = [pid for pid, found in managed_processes().items()
+                      if found.get(labels.ENV_VAR_INSTANCE, own_instance_id) != own_instance_id
+                      and labels.instance_is_dead(found[labels.ENV_VAR_INSTANCE])]
+            killed = kill_processes(doomed)
+            removed = 0
+            for env_dir in self.root.iterdir():
+                try:
+                    meta = json.loads((env_dir / "meta.json").read_text())
+                except (OSError, ValueError):
+                    continue
+                instance = meta.get("instance", "")
+                if instance != own_instance_id and labels.instance_is_dead(instance):
+                    shutil.rmtree(env_dir, ignore_errors=True)
+                    removed += 1
+            return ReclaimedCounts(processes=killed, directories=removed)
+
+        return await asyncio.to_thread(sweep)
+
+    async def count_owned(self, owner: str | None = None) -> int:
+        count = 0
+        for env_dir in self.root.iterdir():
+            try:
+                meta = json.loads((env_dir / "meta.json").read_text())
+            except (OSError, ValueError):
+                continue
+            count += owner is None or meta.get("owner") == owner
+        return count
