@@ -77,9 +77,9 @@ def run_pair(policy: str, args: argparse.Namespace) -> tuple[RunResult, RunResul
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workload", default="swe-agent")
-    parser.add_argument("--programs", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=8, help="steps per program slot")
-    parser.add_argument("--num-blocks", type=int, default=4_000)
+    parser.add_argument("--programs", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=10, help="steps per program slot")
+    parser.add_argument("--num-blocks", type=int, default=3_000)
     parser.add_argument("--time-scale", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--policies", nargs="+", default=["vllm", "thunder"])

@@ -236,6 +236,12 @@ def cache_counters(text: str) -> CacheCounters:
     )
 
 
+def scrape_metrics(url: str, timeout: float = 10.0) -> str:
+    response = httpx.get(url.rstrip("/") + "/metrics", timeout=timeout)
+    response.raise_for_status()
+    return response.text
+
+
 def cache_geometry(text: str) -> tuple[int, int]:
     """(num_gpu_blocks, block_size) from ``vllm:cache_config_info``'s labels."""
     for labels, _ in metric_samples(text).get("vllm:cache_config_info", []):

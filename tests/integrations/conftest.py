@@ -6,6 +6,9 @@ on what the integration believes it sent.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +20,10 @@ from thunder_middleware.integrations.client import ThunderClient
 from thunder_middleware.launch import RunningServer, start_sidecar, start_twin
 
 MODEL = "qwen3-8b"
+
+# LiteLLM fetches its model cost map from GitHub at import; loopback-only tests use the copy
+# bundled with the package (set before any test module imports litellm).
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 
 @dataclass
@@ -46,25 +53,42 @@ class Stack:
         return {p["program_id"] for p in self.client.programs()}
 
 
-def start_stack() -> Stack:
+def start_stack(sidecar_port: int | None = None) -> Stack:
     twin = start_twin(time_scale=200.0)
     try:
-        sidecar = start_sidecar([twin.url], extra_args=["--env-provider", "local"])
+        sidecar = start_sidecar([twin.url], port=sidecar_port,
+                                extra_args=["--env-provider", "local"])
     except Exception:
         twin.stop()
         raise
     return Stack(twin, sidecar, ThunderClient(sidecar.url))
 
 
-@pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
-    running = start_stack()
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Async tests here share one event loop: LangChain/OpenAI cache async HTTP clients
+    process-wide, and a client bound to a closed per-test loop fails the next test."""
+    here = __file__.rsplit("/", 1)[0]
+    for item in items:
+        function = getattr(item, "function", None)
+        if str(item.fspath).startswith(here) and inspect.iscoroutinefunction(function):
+            item.add_marker(pytest.mark.asyncio(loop_scope="session"), append=False)
+
+
+@contextlib.contextmanager
+def running_stack(sidecar_port: int | None = None) -> Iterator[Stack]:
+    running = start_stack(sidecar_port)
     try:
         yield running
     finally:
         running.client.close()
         running.sidecar.stop()
         running.twin.stop()
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    with running_stack() as running:
+        yield running
 
 
 @pytest.fixture

@@ -35,6 +35,8 @@ class RuntimeModel:
     healthy: dict[str, bool] = field(default_factory=dict)
     programs: dict[str, GateState] = field(default_factory=dict)
     log: list[Decision] = field(default_factory=list)
+    # programs paused in the last apply() because an earlier MarkForPause came due
+    completed_marks: set[str] = field(default_factory=set)
 
     # --- events, forwarded to the scheduler ------------------------------------------
     def add_backend(self, name: str, capacity: int, now: float) -> list[Decision]:
@@ -72,6 +74,7 @@ class RuntimeModel:
 
     # --- decisions ---------------------------------------------------------------------
     def apply(self, decisions: list[Decision]) -> list[Decision]:
+        self.completed_marks = set()
         for d in decisions:
             self.log.append(d)
             if isinstance(d, Expire):
@@ -94,6 +97,8 @@ class RuntimeModel:
             elif isinstance(d, Pause):
                 assert gate.bound_to == d.backend, f"{d} but bound to {gate.bound_to}"
                 assert gate.upstream == 0, f"{d} cuts a request in flight"
+                if gate.marked:
+                    self.completed_marks.add(d.program_id)
                 gate.bound_to = None
                 gate.marked = False
             elif isinstance(d, MarkForPause):

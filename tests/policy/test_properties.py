@@ -17,7 +17,9 @@ the cost-aware one with its own lambda_eff, which must never be below lambda_max
 
 from __future__ import annotations
 
-from hypothesis import HealthCheck, settings
+import os
+
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -175,10 +177,13 @@ class PolicyMachine(RuleBasedStateMachine):
         for backend in {d.backend for d in self.last if isinstance(d, Pause | MarkForPause)}:
             if not next(b for b in sched.backend_views(self.now) if b.name == backend).healthy:
                 continue
+            # a Pause that completes an earlier MarkForPause was chosen then, not now
             paused = [
                 sched.program(d.program_id)
                 for d in self.last
-                if isinstance(d, Pause | MarkForPause) and d.backend == backend
+                if isinstance(d, Pause | MarkForPause)
+                and d.backend == backend
+                and d.program_id not in self.rt.completed_marks
             ]
             remaining = [
                 v
@@ -230,9 +235,11 @@ class CostAwareMachine(PolicyMachine):
 
 
 _settings = settings(
-    max_examples=500,
+    max_examples=int(os.environ.get('POLICY_EXAMPLES', '60')),
     stateful_step_count=60,
     deadline=None,
+    # the explain phase traces every line (slow on Python 3.11) and adds nothing here
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestPublishedPolicy = PolicyMachine.TestCase

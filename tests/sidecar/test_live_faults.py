@@ -12,6 +12,7 @@ from tests.sidecar.conftest import (
     STRICT_POLICY,
     chat_body,
     metric,
+    program,
     run_agent,
     sidecar,
     twin,
@@ -54,13 +55,15 @@ def test_killed_backend_moves_its_programs_and_comes_back() -> None:
         try:
             wait_until(lambda: _healthy(server.url)[doomed.url], timeout=15,
                        what="the restarted twin to be probed healthy")
+            # now the other twin dies: all work, old programs and new, goes to the revived one
+            survivor.kill()
             with httpx.Client(timeout=30) as client:
-                for i in range(4):
+                for name in ("worker-0", "worker-5", "fresh-0"):
                     response = client.post(server.url + "/v1/chat/completions",
-                                           json=chat_body(f"fresh-{i}", 50, salt=i))
-                    assert response.status_code == 200
-            assert metric(revived.url, "vllm:prompt_tokens_total") >= 1, \
-                "the returned backend should take new programs"
+                                           json=chat_body(name, 50))
+                    assert response.status_code == 200, response.text
+                    assert program(server.url, name)["backend"] == doomed.url
+            assert metric(revived.url, "vllm:prompt_tokens_total") >= 50
         finally:
             revived.stop()
 

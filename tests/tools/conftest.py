@@ -47,9 +47,15 @@ async def docker_manager(docker_engine: None) -> AsyncIterator[EnvironmentManage
         await manager.close()
 
 
-@pytest.fixture
-def local_app(local_root: Path) -> Iterator[RunningServer]:
-    server = start_env_app("--provider", "local", "--root", str(local_root),
+@pytest.fixture(scope="module")
+def app_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("app-envs")
+
+
+@pytest.fixture(scope="module")
+def local_app(app_root: Path) -> Iterator[RunningServer]:
+    """One env app (local provider) per test module: starting uvicorn costs seconds."""
+    server = start_env_app("--provider", "local", "--root", str(app_root),
                            "--idle-timeout", "600")
     try:
         yield server

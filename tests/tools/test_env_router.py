@@ -19,7 +19,7 @@ def assert_openai_error(response: httpx.Response, status: int, code: str | None 
     return error
 
 
-def test_declare_intent_exec_release(local_app: RunningServer, local_root: Path) -> None:
+def test_declare_intent_exec_release(local_app: RunningServer, app_root: Path) -> None:
     with httpx.Client(base_url=local_app.url, timeout=30, trust_env=False) as client:
         spec = {"readiness": {"command": ["sleep", "0.5"], "timeout_s": 10}, "ports": [9000]}
         declared = client.put("/programs/agent-1/environment", json=spec)
@@ -51,14 +51,14 @@ def test_declare_intent_exec_release(local_app: RunningServer, local_root: Path)
 
         released = client.post("/programs/release", json={"program_id": "agent-1"}).json()
         assert released["environments"] == 1 and released["directories"] == 1
-        assert list(local_root.iterdir()) == []
+        assert list(app_root.iterdir()) == []
         after = client.post("/programs/agent-1/exec", json={"command": "true"})
         assert_openai_error(after, 409, "program_released")
         assert client.get("/programs/agent-1/environment").json()["data"][0]["state"] == (
             "reclaimed")
 
 
-def test_preset_and_bad_input(local_app: RunningServer, local_root: Path) -> None:
+def test_preset_and_bad_input(local_app: RunningServer, app_root: Path) -> None:
     with httpx.Client(base_url=local_app.url, timeout=30, trust_env=False) as client:
         ok = client.put("/programs/p/environment", json={"preset": "local-shell"})
         assert ok.status_code == 200, ok.text
@@ -92,7 +92,7 @@ def test_preset_and_bad_input(local_app: RunningServer, local_root: Path) -> Non
         assert timed.json()["timed_out"] is True and timed.json()["exit_code"] == 124
         removed = client.delete("/programs/p/environment").json()
         assert removed["environments"] == 1
-    assert list(local_root.iterdir()) == []
+    assert list(app_root.iterdir()) == []
 
 
 def test_tenants_do_not_share_environments(local_app: RunningServer) -> None:

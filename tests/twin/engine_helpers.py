@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from thunder_middleware.twin import EngineConfig, EngineCore, StepResult
+import heapq
+
+from thunder_middleware.twin import EngineConfig, EngineCore, EngineRequest, StepResult
 
 
 def make_engine(
@@ -57,47 +59,46 @@ def closed_loop_hit_rate(
 ) -> float:
     """Multi-turn programs in a closed loop on a virtual clock: each turn's prompt is the
     previous prompt + its output + an observation; between turns the program "acts" for
-    ``tool_s`` seconds. Returns the prefix-cache hit rate of turns after the first."""
-    from thunder_middleware.twin import EngineRequest
-
+    ``tool_s`` x (1, 2 or 3) seconds. Returns the prefix-cache hit rate of the turns after
+    the first (cached prompt tokens / prompt tokens)."""
     engine = make_engine(
         num_blocks=num_blocks,
         block_size=block_size,
         max_num_batched_tokens=2048,
-        max_model_len=1 << 16,
+        max_model_len=1 << 17,
     )
     system = prompt(0, system_tokens)
     history = {p: system + prompt(p + 1, observation_tokens) for p in range(num_programs)}
     turn = dict.fromkeys(history, 0)
-    ready_at = dict.fromkeys(history, 0.0)
+    ready: list[tuple[float, int]] = [(0.0, p) for p in history]  # (time, program) heap
     in_flight: dict[str, int] = {}
     produced: dict[int, list[int]] = {}
     now = 0.0
     queries = hits = 0
-    while True:
-        for p in history:
-            if p not in in_flight.values() and turn[p] < turns and ready_at[p] <= now:
-                request_id = f"p{p}-t{turn[p]}"
-                in_flight[request_id] = p
-                produced[p] = []
-                engine.add_request(EngineRequest(request_id, history[p], output_tokens))
+    while ready or in_flight:
+        while ready and ready[0][0] <= now:
+            _, p = heapq.heappop(ready)
+            request_id = f"p{p}-t{turn[p]}"
+            in_flight[request_id] = p
+            produced[p] = []
+            engine.add_request(EngineRequest(request_id, history[p], output_tokens))
         if not in_flight:
-            pending = [ready_at[p] for p in history if turn[p] < turns]
-            if not pending:
-                return hits / queries
-            now = min(pending)
+            now = ready[0][0]
             continue
         result = engine.step()
         now += result.duration_s
         for output in result.outputs:
             p = in_flight[output.request_id]
             produced[p].extend(output.new_token_ids)
-            if output.finished:
-                del in_flight[output.request_id]
-                if turn[p] > 0:
-                    queries += output.num_prompt_tokens
-                    hits += output.num_cached_tokens
-                history[p] = history[p] + produced[p] + prompt(1000 + p * 50 + turn[p],
-                                                               observation_tokens)
-                turn[p] += 1
-                ready_at[p] = now + tool_s * (1 + (p % 3))
+            if not output.finished:
+                continue
+            del in_flight[output.request_id]
+            if turn[p] > 0:
+                queries += output.num_prompt_tokens
+                hits += output.num_cached_tokens
+            observation = prompt(1000 + p * 50 + turn[p], observation_tokens)
+            history[p] = history[p] + produced[p] + observation
+            turn[p] += 1
+            if turn[p] < turns:
+                heapq.heappush(ready, (now + tool_s * (1 + p % 3), p))
+    return hits / queries

@@ -19,8 +19,8 @@ def test_null_block_is_never_handed_out() -> None:
 def test_freed_cached_block_stays_findable_until_reused() -> None:
     pool = BlockPool(4)
     a, b, _ = pool.allocate(3)
-    pool.cache_block(a, 111)
-    pool.cache_block(b, 222)
+    pool.cache_block(a, 111, 0)
+    pool.cache_block(b, 222, 1)
     pool.free([b, a])  # tail first: b evicted before a
     assert pool.usage == pytest.approx(1 / 3)  # only c is referenced
     assert pool.lookup(111) is a and pool.lookup(222) is b
@@ -29,13 +29,14 @@ def test_freed_cached_block_stays_findable_until_reused() -> None:
     assert pool.lookup(222) is None and reused.block_hash is None
     assert pool.lookup(111) is a
     assert pool.num_evictions == 1
+    assert pool.eviction_log == [(222, 1)]
     pool.check_consistency()
 
 
 def test_touch_takes_a_free_cached_block_out_of_the_queue() -> None:
     pool = BlockPool(3)
     a, _ = pool.allocate(2)
-    pool.cache_block(a, 7)
+    pool.cache_block(a, 7, 0)
     pool.free([a])
     assert pool.num_free_blocks == 1
     pool.touch([a])

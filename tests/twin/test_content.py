@@ -22,6 +22,7 @@ from thunder_middleware.twin.content import (
     ReplyPlan,
 )
 from thunder_middleware.twin.json_schema_args import sample_arguments
+from thunder_middleware.twin.responses import ChunkWriter
 from thunder_middleware.twin.tokenizer import SPECIAL_TOKENS, TwinTokenizer
 
 PLANNER = ContentPlanner(TwinTokenizer(), seed=0)
@@ -58,11 +59,16 @@ def _tool(name: str, parameters: dict[str, Any]) -> dict[str, Any]:
     return {"type": "function", "function": {"name": name, "parameters": parameters}}
 
 
-def _plan(messages: list[dict[str, Any]], tools: list[dict[str, Any]], choice: Any = "auto",
-          limits: GenerationLimits | None = None) -> ReplyPlan:  # fmt: skip
+def _plan(
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]],
+    choice: Any = "auto",
+    limits: GenerationLimits | None = None,
+) -> ReplyPlan:
     prompt = ENCODE(render_chat(messages, tools=tools or None))
-    return PLANNER.plan_chat(prompt, ChatRequestView(messages, tools, choice),
-                             limits or GenerationLimits(8000))  # fmt: skip
+    return PLANNER.plan_chat(
+        prompt, ChatRequestView(messages, tools, choice), limits or GenerationLimits(8000)
+    )
 
 
 @settings(max_examples=60, deadline=None)
@@ -124,8 +130,11 @@ def test_sampled_arguments_satisfy_the_schema(seed: int) -> None:
 json_type = st.sampled_from(["string", "integer", "number", "boolean"])
 leaf = st.one_of(
     st.builds(lambda t: {"type": t}, json_type),
-    st.builds(lambda lo, span: {"type": "integer", "minimum": lo, "maximum": lo + span},
-              st.integers(-50, 50), st.integers(0, 20)),  # fmt: skip
+    st.builds(
+        lambda lo, span: {"type": "integer", "minimum": lo, "maximum": lo + span},
+        st.integers(-50, 50),
+        st.integers(0, 20),
+    ),
     st.builds(lambda values: {"enum": values}, st.lists(st.text(max_size=5), min_size=1)),
 )
 schemas = st.recursive(
@@ -165,13 +174,24 @@ def _run_agent_loop(first_user: str, tools: list[dict[str, Any]]) -> tuple[int, 
         if plan.finish_reason != "tool_calls":
             return turn, plan
         call = plan.tool_calls[0]
-        schema = next(t["function"]["parameters"] for t in tools
-                      if t["function"]["name"] == call.name)  # fmt: skip
+        schema = next(
+            t["function"]["parameters"] for t in tools if t["function"]["name"] == call.name
+        )
         jsonschema.validate(json.loads(call.arguments), schema)
         assert plan.token_ids[-1] == SPECIAL_TOKENS["<|im_end|>"]
-        messages.append({"role": "assistant", "content": plan.content, "tool_calls": [
-            {"id": call.id, "type": "function",
-             "function": {"name": call.name, "arguments": call.arguments}}]})  # fmt: skip
+        messages.append(
+            {
+                "role": "assistant",
+                "content": plan.content,
+                "tool_calls": [
+                    {
+                        "id": call.id,
+                        "type": "function",
+                        "function": {"name": call.name, "arguments": call.arguments},
+                    }
+                ],
+            }
+        )
         messages.append({"role": "tool", "tool_call_id": call.id, "content": "result " * turn})
     raise AssertionError("the agent loop did not terminate")
 
@@ -202,10 +222,15 @@ def test_tool_choice_none_required_and_named() -> None:
     long_history = list(user)
     for i in range(10):
         long_history += [
-            {"role": "assistant", "content": None, "tool_calls": [
-                {"id": str(i), "type": "function", "function": {"name": "a", "arguments": "{}"}}]},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": str(i), "type": "function", "function": {"name": "a", "arguments": "{}"}}
+                ],
+            },
             {"role": "tool", "tool_call_id": str(i), "content": "r"},
-        ]  # fmt: skip
+        ]
     assert _plan(long_history, tools, "auto").finish_reason == "stop"
     assert _plan(long_history, tools, "required").finish_reason == "tool_calls"
 
@@ -220,8 +245,26 @@ def test_streamed_tool_call_deltas_rebuild_the_arguments() -> None:
 
 @pytest.mark.parametrize("max_tokens", [1, 3, 10])
 def test_tool_call_cut_by_max_tokens_is_a_length_finish(max_tokens: int) -> None:
-    plan = _plan([{"role": "user", "content": "x"}], [_tool("b", NESTED_SCHEMA)], "required",
-                 GenerationLimits(max_tokens))  # fmt: skip
+    plan = _plan(
+        [{"role": "user", "content": "x"}],
+        [_tool("b", NESTED_SCHEMA)],
+        "required",
+        GenerationLimits(max_tokens),
+    )
     assert plan.finish_reason == "length"
     assert len(plan.token_ids) == max_tokens
     assert plan.tool_calls == ()
+
+
+def test_a_merged_chunk_carries_one_delta_per_tool_call() -> None:
+    """When a slow client gets several tokens in one chunk, the tool call still arrives as
+    one delta with its id, name and the concatenated arguments."""
+    plan = _plan([{"role": "user", "content": "y"}], [_tool("b", NESTED_SCHEMA)], "required")
+    writer = ChunkWriter("chatcmpl-1", "m", chat=True)
+    chunk = writer.chat_delta(plan.pieces, plan.finish_reason)
+    assert chunk is not None and chunk.startswith("data: ")
+    choice = json.loads(chunk[len("data: ") :])["choices"][0]
+    (call,) = choice["delta"]["tool_calls"]
+    assert call["id"] == plan.tool_calls[0].id and call["function"]["name"] == "b"
+    assert call["function"]["arguments"] == plan.tool_calls[0].arguments
+    assert choice["finish_reason"] == "tool_calls"

@@ -3,7 +3,7 @@ outliving their request, LRU eviction with chain tails first."""
 
 from __future__ import annotations
 
-from thunder_middleware.twin import EngineRequest
+from thunder_middleware.twin import EngineRequest, RequestStatus
 
 from .engine_helpers import drain, make_engine, prompt
 
@@ -81,3 +81,24 @@ def test_cached_blocks_outlive_request_and_are_evicted_lru_tails_first() -> None
     engine.step()
     assert engine.peek_prefix_hit(probe) == 8
     drain(engine)
+
+
+def test_blocked_request_sees_its_prefix_shrink_as_blocks_are_evicted() -> None:
+    # 29 usable blocks of 4. A caches an 8-block prefix P; R (15 blocks, growing to 25)
+    # runs; W = P + 40 tokens needs 18 blocks from the free queue and waits. As R grows it
+    # reuses free blocks from the head: first the never-used ones, then P's tail (freed
+    # tail first). W's remembered hit must follow exactly (check_invariants compares it
+    # with a fresh lookup after every step).
+    engine = make_engine(num_blocks=30, block_size=4)
+    shared = prompt(1, 32)
+    engine.add_request(EngineRequest("a", shared, 1))
+    drain(engine)
+    engine.add_request(EngineRequest("r", prompt(2, 60), 40))
+    engine.step()
+    engine.add_request(EngineRequest("w", shared + prompt(3, 40), 2))
+    engine.step()
+    assert engine.request_status("w") is RequestStatus.WAITING
+    assert engine._requests["w"].prefix_memo is not None  # the remembered lookup is in use
+    _, results = drain(engine)
+    first_w = next(o for r in results for o in r.outputs if o.request_id == "w")
+    assert first_w.num_cached_tokens == 16  # R evicted P's last 4 blocks

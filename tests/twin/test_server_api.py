@@ -12,6 +12,7 @@ import openai
 import pytest
 
 from thunder_middleware.launch import RunningServer
+from thunder_middleware.twin.tokenizer import TwinTokenizer
 
 MODEL = "qwen3-8b"
 BLOCK = 16
@@ -48,7 +49,9 @@ def _sse(url: str, body: dict[str, Any]) -> list[str]:
     with httpx.stream("POST", url, json=body, timeout=60) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
-        return [line[len("data: "):] for line in response.iter_lines() if line.startswith("data: ")]
+        return [
+            line[len("data: ") :] for line in response.iter_lines() if line.startswith("data: ")
+        ]
 
 
 def test_chat_completion_shape_and_usage(client: openai.OpenAI) -> None:
@@ -124,7 +127,10 @@ def test_streaming_include_usage_ends_with_a_usage_only_chunk(twin_server: Runni
     assert usage["total_tokens"] == usage["prompt_tokens"] + 25
     assert "cached_tokens" in usage["prompt_tokens_details"]
     token_chunks = [json.loads(e) for e in events[1:-2]]
-    assert len(token_chunks) == 25  # one chunk per generated token
+    # one chunk per step; a client that falls behind gets the backlog merged into one
+    assert 1 <= len(token_chunks) <= 25
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in token_chunks)
+    assert len(TwinTokenizer().encode(text)) == 25
 
 
 @pytest.mark.parametrize("endpoint", ["chat", "completions"])
@@ -133,12 +139,15 @@ def test_ignore_eos_gives_exactly_max_tokens(client: openai.OpenAI, endpoint: st
     extra = {"min_tokens": 123, "ignore_eos": True}
     if endpoint == "chat":
         reply: Any = client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": "x" * 500}], max_tokens=123,
+            model=MODEL,
+            messages=[{"role": "user", "content": "x" * 500}],
+            max_tokens=123,
             extra_body=extra,
-        )  # fmt: skip
+        )
     else:
-        reply = client.completions.create(model=MODEL, prompt="y" * 500, max_tokens=123,
-                                          extra_body=extra)  # fmt: skip
+        reply = client.completions.create(
+            model=MODEL, prompt="y" * 500, max_tokens=123, extra_body=extra
+        )
     assert reply.usage.completion_tokens == 123
     assert reply.choices[0].finish_reason == "length"
 
@@ -164,8 +173,14 @@ def test_completions_accept_every_prompt_form(twin_server: RunningServer) -> Non
 
 
 def test_streamed_completions_with_several_prompts(twin_server: RunningServer) -> None:
-    body = {"prompt": ["a b c", "d e f"], "max_tokens": 5, "min_tokens": 5, "ignore_eos": True,
-            "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+    body = {
+        "prompt": ["a b c", "d e f"],
+        "max_tokens": 5,
+        "min_tokens": 5,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     events = _sse(twin_server.url + "/v1/completions", body)
     assert events[-1] == "[DONE]"
     usage = json.loads(events[-2])
@@ -182,7 +197,10 @@ def test_tool_calls_until_a_final_answer(client: openai.OpenAI) -> None:
     messages: list[Any] = [_system(), {"role": "user", "content": "Weather for my trip?"}]
     for _ in range(10):
         reply = client.chat.completions.create(
-            model=MODEL, messages=messages, tools=[WEATHER], max_tokens=1000  # type: ignore[list-item]
+            model=MODEL,
+            messages=messages,
+            tools=[WEATHER],
+            max_tokens=1000,  # type: ignore[list-item]
         )
         choice = reply.choices[0]
         if choice.finish_reason != "tool_calls":
@@ -204,9 +222,12 @@ def test_tool_calls_until_a_final_answer(client: openai.OpenAI) -> None:
 
 def test_streamed_tool_call_deltas_assemble_to_valid_arguments(client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": f"go {uuid.uuid4()}"}],
-        tools=[WEATHER], tool_choice="required", stream=True,  # type: ignore[list-item]
-    )  # fmt: skip
+        model=MODEL,
+        messages=[{"role": "user", "content": f"go {uuid.uuid4()}"}],
+        tools=[WEATHER],
+        tool_choice="required",
+        stream=True,  # type: ignore[list-item]
+    )
     name, arguments, finish = None, "", None
     for chunk in stream:
         choice = chunk.choices[0]
@@ -219,9 +240,16 @@ def test_streamed_tool_call_deltas_assemble_to_valid_arguments(client: openai.Op
 
 
 def test_unknown_body_fields_are_ignored(twin_server: RunningServer) -> None:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi", "extra": 1}],
-            "program_id": "prog-1", "metadata": {"program_id": "p"}, "max_tokens": 3,
-            "temperature": 0.2, "top_k": 5, "chat_template_kwargs": {"x": 1}}  # fmt: skip
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hi", "extra": 1}],
+        "program_id": "prog-1",
+        "metadata": {"program_id": "p"},
+        "max_tokens": 3,
+        "temperature": 0.2,
+        "top_k": 5,
+        "chat_template_kwargs": {"x": 1},
+    }
     response = httpx.post(twin_server.url + "/v1/chat/completions", json=body, timeout=30)
     assert response.status_code == 200, response.text
 
@@ -235,6 +263,7 @@ def test_models_health_version_tokenize(twin_server: RunningServer) -> None:
     assert "version" in httpx.get(twin_server.url + "/version").json()
     messages = [{"role": "user", "content": "count me"}]
     counted = httpx.post(twin_server.url + "/tokenize", json={"messages": messages}).json()
-    reply = httpx.post(twin_server.url + "/v1/chat/completions",
-                       json={"messages": messages, "max_tokens": 1}).json()  # fmt: skip
+    reply = httpx.post(
+        twin_server.url + "/v1/chat/completions", json={"messages": messages, "max_tokens": 1}
+    ).json()
     assert counted["count"] == reply["usage"]["prompt_tokens"]

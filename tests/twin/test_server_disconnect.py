@@ -8,8 +8,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.twin.scrape import value, wait_until
 from thunder_middleware.launch import RunningServer, start_twin
+
+from .scrape import value, wait_until
 
 LONG = {"max_tokens": 20_000, "min_tokens": 20_000, "ignore_eos": True}
 
@@ -40,8 +41,9 @@ def test_closing_a_stream_aborts_the_request(slow_twin: RunningServer) -> None:
     url = slow_twin.url
     body = {"messages": [{"role": "user", "content": "stream forever " * 50}], "stream": True}
     generated_before = value(url, "vllm:generation_tokens_total")
-    with httpx.stream("POST", url + "/v1/chat/completions", json={**body, **LONG},
-                      timeout=30) as response:  # fmt: skip
+    with httpx.stream(
+        "POST", url + "/v1/chat/completions", json={**body, **LONG}, timeout=30
+    ) as response:
         lines = response.iter_lines()
         received = [line for line, _ in zip(lines, range(12), strict=False) if line]
         assert len(received) >= 5

@@ -24,18 +24,34 @@ CHAT_CASES: list[tuple[str, Any, int, str | None]] = [
     ("max_tokens negative", {"messages": USER, "max_completion_tokens": -3}, 400, "max_tokens"),
     ("max_tokens not a number", {"messages": USER, "max_tokens": "many"}, 400, "max_tokens"),
     ("max_tokens over model length", {"messages": USER, "max_tokens": 10**7}, 400, "max_tokens"),
-    ("min_tokens over max_tokens", {"messages": USER, "max_tokens": 5, "min_tokens": 9}, 400,
-     "min_tokens"),
+    (
+        "min_tokens over max_tokens",
+        {"messages": USER, "max_tokens": 5, "min_tokens": 9},
+        400,
+        "min_tokens",
+    ),
     ("negative min_tokens", {"messages": USER, "min_tokens": -1}, 400, "min_tokens"),
     ("n above one", {"messages": USER, "n": 3}, 400, "n"),
     ("stream not a bool", {"messages": USER, "stream": "maybe"}, 400, "stream"),
-    ("required tool_choice without tools", {"messages": USER, "tool_choice": "required"}, 400,
-     "tool_choice"),
-    ("named tool not passed", {"messages": USER, "tools": [TOOL],
-     "tool_choice": {"type": "function", "function": {"name": "g"}}}, 400, "tool_choice"),
+    (
+        "required tool_choice without tools",
+        {"messages": USER, "tool_choice": "required"},
+        400,
+        "tool_choice",
+    ),
+    (
+        "named tool not passed",
+        {
+            "messages": USER,
+            "tools": [TOOL],
+            "tool_choice": {"type": "function", "function": {"name": "g"}},
+        },
+        400,
+        "tool_choice",
+    ),
     ("tools malformed", {"messages": USER, "tools": [{"type": "function"}]}, 400, "tools"),
     ("body is a list", [1, 2], 400, None),
-]  # fmt: skip
+]
 
 COMPLETION_CASES: list[tuple[str, Any, int, str | None]] = [
     ("prompt missing", {"max_tokens": 3}, 400, "prompt"),
@@ -45,7 +61,7 @@ COMPLETION_CASES: list[tuple[str, Any, int, str | None]] = [
     ("prompt wrong type", {"prompt": {"text": "x"}}, 400, "prompt"),
     ("unknown model", {"model": "nope", "prompt": "x"}, 404, "model"),
     ("max_tokens zero", {"prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
-]  # fmt: skip
+]
 
 
 def _assert_error(response: httpx.Response, status: int, param: str | None) -> dict[str, Any]:
@@ -64,7 +80,9 @@ def _assert_error(response: httpx.Response, status: int, param: str | None) -> d
     return dict(error)
 
 
-@pytest.mark.parametrize(("case", "body", "status", "param"), CHAT_CASES, ids=[c[0] for c in CHAT_CASES])
+@pytest.mark.parametrize(
+    ("case", "body", "status", "param"), CHAT_CASES, ids=[c[0] for c in CHAT_CASES]
+)
 def test_chat_errors(
     twin_server: RunningServer, case: str, body: Any, status: int, param: str | None
 ) -> None:
@@ -83,8 +101,9 @@ def test_completion_errors(
 
 
 def test_unknown_model_message_is_vllms(twin_server: RunningServer) -> None:
-    response = httpx.post(twin_server.url + "/v1/chat/completions",
-                          json={"model": "x", "messages": USER})  # fmt: skip
+    response = httpx.post(
+        twin_server.url + "/v1/chat/completions", json={"model": "x", "messages": USER}
+    )
     error = _assert_error(response, 404, "model")
     assert error["message"] == "The model `x` does not exist."
     assert error["type"] == "NotFoundError"
@@ -104,9 +123,12 @@ def test_invalid_json_is_a_400(twin_server: RunningServer, raw: bytes) -> None:
 def test_prompt_longer_than_the_model_is_a_400(twin_server: RunningServer) -> None:
     max_len = httpx.get(twin_server.url + "/v1/models").json()["data"][0]["max_model_len"]
     words = " word" * (max_len + 10)  # one token per word
-    response = httpx.post(twin_server.url + "/v1/chat/completions",
-                          json={"messages": [{"role": "user", "content": words}]}, timeout=60)
-    error = _assert_error(response, 400, "input_tokens")  # fmt: skip
+    response = httpx.post(
+        twin_server.url + "/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": words}]},
+        timeout=60,
+    )
+    error = _assert_error(response, 400, "input_tokens")
     assert f"maximum context length is {max_len} tokens" in error["message"]
 
 
@@ -127,6 +149,7 @@ def test_the_openai_sdk_raises_its_typed_errors(twin_server: RunningServer) -> N
 def test_the_server_still_serves_after_bad_input(twin_server: RunningServer) -> None:
     for body in ([], {"messages": 7}, {"prompt": None}):
         httpx.post(twin_server.url + "/v1/chat/completions", json=body)
-    ok = httpx.post(twin_server.url + "/v1/chat/completions",
-                    json={"messages": USER, "max_tokens": 2})  # fmt: skip
+    ok = httpx.post(
+        twin_server.url + "/v1/chat/completions", json={"messages": USER, "max_tokens": 2}
+    )
     assert ok.status_code == 200

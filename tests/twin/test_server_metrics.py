@@ -8,8 +8,9 @@ import uuid
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.twin.scrape import scrape, value
-from thunder_middleware.launch import RunningServer
+from thunder_middleware.launch import RunningServer, start_twin
+
+from .scrape import scrape, value
 
 LABELS = {"engine": "0", "model_name": "qwen3-8b"}
 COUNTERS = [
@@ -49,8 +50,12 @@ def test_counters_follow_requests(twin_server: RunningServer) -> None:
     before = {name: value(url, name + "_total") for name in COUNTERS}
     ttft_before = value(url, "vllm:time_to_first_token_seconds_count")
     system = {"role": "system", "content": f"{uuid.uuid4()} " + "rules " * 200}
-    body = {"messages": [system, {"role": "user", "content": "a"}], "max_tokens": 30,
-            "min_tokens": 30, "ignore_eos": True}  # fmt: skip
+    body = {
+        "messages": [system, {"role": "user", "content": "a"}],
+        "max_tokens": 30,
+        "min_tokens": 30,
+        "ignore_eos": True,
+    }
     first = httpx.post(url + "/v1/chat/completions", json=body, timeout=30).json()["usage"]
     second = httpx.post(url + "/v1/chat/completions", json=body, timeout=30).json()["usage"]
     after = {name: value(url, name + "_total") for name in COUNTERS}
@@ -59,8 +64,10 @@ def test_counters_follow_requests(twin_server: RunningServer) -> None:
     assert after["vllm:generation_tokens"] - before["vllm:generation_tokens"] == 60
     assert after["vllm:prefix_cache_queries"] - before["vllm:prefix_cache_queries"] == 2 * prompt
     hits = after["vllm:prefix_cache_hits"] - before["vllm:prefix_cache_hits"]
-    assert hits == first["prompt_tokens_details"]["cached_tokens"] + (
-        second["prompt_tokens_details"]["cached_tokens"]
+    assert (
+        hits
+        == first["prompt_tokens_details"]["cached_tokens"]
+        + (second["prompt_tokens_details"]["cached_tokens"])
     )
     assert second["prompt_tokens_details"]["cached_tokens"] > 0
     assert value(url, "vllm:time_to_first_token_seconds_count") == ttft_before + 2
@@ -69,25 +76,35 @@ def test_counters_follow_requests(twin_server: RunningServer) -> None:
     assert value(url, "vllm:kv_cache_usage_perc") == 0
 
 
-def test_preemptions_and_waiting_under_kv_pressure(small_twin: RunningServer) -> None:
-    """64 blocks x 16 tokens: eight 500-token requests at once cannot all fit."""
-    url = small_twin.url
+def test_preemptions_and_waiting_under_kv_pressure() -> None:
+    """64 blocks x 16 tokens: eight 520-token requests at once cannot all fit. Time scale 5
+    makes each request last about half a second, so they overlap however slowly the
+    (loaded) machine submits them."""
+    server = start_twin(time_scale=5.0, num_gpu_blocks=64, block_size=16)
+    url = server.url
     seen_waiting = 0.0
 
     def run(i: int) -> int:
-        body = {"prompt": f"job {i} " * 60, "max_tokens": 400, "min_tokens": 400,
-                "ignore_eos": True}  # fmt: skip
+        body = {
+            "prompt": f"job {i} " * 60,
+            "max_tokens": 400,
+            "min_tokens": 400,
+            "ignore_eos": True,
+        }
         response = httpx.post(url + "/v1/completions", json=body, timeout=120)
         return int(response.json()["usage"]["completion_tokens"])
 
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        futures = [pool.submit(run, i) for i in range(8)]
-        while not all(f.done() for f in futures):
-            samples = scrape(url)
-            seen_waiting = max(seen_waiting, samples["vllm:num_requests_waiting"][0].value)
-            assert samples["vllm:kv_cache_usage_perc"][0].value <= 1.0
-        assert [f.result() for f in futures] == [400] * 8
-    assert value(url, "vllm:num_preemptions_total") > 0
-    assert seen_waiting > 0
-    assert value(url, "vllm:num_requests_running") == 0
-    assert value(url, "vllm:kv_cache_usage_perc") == 0
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(run, i) for i in range(8)]
+            while not all(f.done() for f in futures):
+                samples = scrape(url)
+                seen_waiting = max(seen_waiting, samples["vllm:num_requests_waiting"][0].value)
+                assert samples["vllm:kv_cache_usage_perc"][0].value <= 1.0
+            assert [f.result() for f in futures] == [400] * 8
+        assert value(url, "vllm:num_preemptions_total") > 0
+        assert seen_waiting > 0
+        assert value(url, "vllm:num_requests_running") == 0
+        assert value(url, "vllm:kv_cache_usage_perc") == 0
+    finally:
+        server.stop()

@@ -10,8 +10,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.twin.scrape import value
 from thunder_middleware.launch import RunningServer, start_twin
+
+from .scrape import value
 
 SCALE = 10.0
 
@@ -38,32 +39,41 @@ def test_a_reply_takes_its_modeled_time_over_the_scale(scaled_twin: RunningServe
     e2e = value(url, "vllm:e2e_request_latency_seconds_sum") - e2e_before
     # an 8B model on an H100 decodes a token in a few milliseconds
     assert 300 * 0.003 < busy < 300 * 0.05
-    assert e2e == pytest.approx(busy, rel=0.05)  # histograms hold modeled seconds
+    # histograms hold modeled seconds: the engine's busy time plus any modeled wait
+    assert 0.99 * busy <= e2e <= 1.05 * wall * SCALE
     assert wall >= 0.95 * busy / SCALE  # never faster than the schedule
     assert wall < busy / SCALE + 10.0
 
 
-async def _load(url: str, count: int) -> tuple[list[int], float]:
+async def _load(url: str, count: int) -> tuple[list[int], float, float]:
+    """Run ``count`` concurrent chats while probing /health: (tokens, worst probe, wall)."""
     limits = httpx.Limits(max_connections=count + 10)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
 
         async def one(i: int) -> int:
-            body = {"messages": [{"role": "user", "content": f"load {i} " * 20}],
-                    "max_tokens": 64, "min_tokens": 64, "ignore_eos": True}  # fmt: skip
+            body = {
+                "messages": [{"role": "user", "content": f"load {i} " * 20}],
+                "max_tokens": 64,
+                "min_tokens": 64,
+                "ignore_eos": True,
+            }
             response = await client.post("/v1/chat/completions", json=body)
             return int(response.json()["usage"]["completion_tokens"])
 
+        started = time.monotonic()
         tasks = [asyncio.create_task(one(i)) for i in range(count)]
         worst = 0.0
         while not all(task.done() for task in tasks):
-            started = time.monotonic()
+            probe = time.monotonic()
             assert (await client.get("/health")).status_code == 200
-            worst = max(worst, time.monotonic() - started)
+            worst = max(worst, time.monotonic() - probe)
             await asyncio.sleep(0.02)
-        return [task.result() for task in tasks], worst
+        return [task.result() for task in tasks], worst, time.monotonic() - started
 
 
 def test_a_large_batch_keeps_the_server_responsive(twin_server: RunningServer) -> None:
-    tokens, worst_health_latency = asyncio.run(_load(twin_server.url, 256))
-    assert tokens == [64] * 256
-    assert worst_health_latency < 3.0, worst_health_latency
+    """Were the engine stepped on the event loop, /health would wait for whole batches.
+    The bound is relative to the batch's own wall time, so a loaded CPU does not matter."""
+    tokens, worst_probe, wall = asyncio.run(_load(twin_server.url, 128))
+    assert tokens == [64] * 128
+    assert worst_probe < max(1.0, 0.5 * wall), (worst_probe, wall)

@@ -27,7 +27,7 @@ IM_END = SPECIAL_TOKENS["<|im_end|>"]
 # and literal special-token strings.
 text = st.lists(
     st.sampled_from(
-        list("ab Z9.,_-(){}\"'\n\t  ") + ["é", "日本", "\u00a0", "<|im_end|>", "<|tool_call|>"]
+        [*"ab Z9.,_-(){}\"'\n\t  ", "é", "日本", "\u00a0", "<|im_end|>", "<|tool_call|>"]
     ),
     max_size=40,
 ).map("".join)
@@ -101,7 +101,9 @@ def test_conversation_is_a_token_prefix_of_its_continuation(
     """Turn k's prompt ids + the ids the twin generated for it are exactly the start of turn
     k+1's prompt ids, for text replies and tool-call replies alike."""
     tools = TOOLS if with_tools else None
-    messages: list[dict[str, Any]] = [] if system is None else [{"role": "system", "content": system}]
+    messages: list[dict[str, Any]] = (
+        [] if system is None else [{"role": "system", "content": system}]
+    )
     for user, tool_results in turns:
         messages.append(user)
         prompt_ids = TOKENIZER.encode(render_chat(messages, tools=tools))
@@ -111,7 +113,9 @@ def test_conversation_is_a_token_prefix_of_its_continuation(
         assert reply.token_ids[-1] == IM_END
         messages.append(_conversation_after(messages, reply))
         if reply.tool_calls:
-            messages.extend(tool_results or [{"role": "tool", "content": "ok", "tool_call_id": "x"}])
+            messages.extend(
+                tool_results or [{"role": "tool", "content": "ok", "tool_call_id": "x"}]
+            )
         next_ids = TOKENIZER.encode(render_chat(messages, tools=tools))
         cached = prompt_ids + reply.token_ids
         assert next_ids[: len(cached)] == cached

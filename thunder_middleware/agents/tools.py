@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from langchain_core.tools import BaseTool, StructuredTool
 
-from thunder_middleware.integrations.client import AsyncThunderClient, ThunderClient
-from thunder_middleware.integrations.langchain import format_exec_result
+from thunder_middleware.integrations.client import (
+    AsyncThunderClient,
+    ThunderClient,
+    format_exec_result,
+)
 
 WRITE_SCRIPT = 'mkdir -p "$(dirname -- "$1")" && printf "%s" "$2" > "$1" && echo "wrote $1"'
 

@@ -39,6 +39,7 @@ __all__ = [
     "ThunderClient",
     "ToolIntent",
     "default_sidecar_url",
+    "format_exec_result",
 ]
 
 
@@ -403,6 +404,18 @@ class AsyncThunderClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def format_exec_result(result: ExecResult) -> str:
+    """What a model sees of a command: exit status first, then its output streams."""
+    parts = [f"exit_code: {result.exit_code}"]
+    if result.stdout:
+        parts.append(f"stdout:\n{result.stdout}")
+    if result.stderr:
+        parts.append(f"stderr:\n{result.stderr}")
+    if result.truncated:
+        parts.append("(output truncated)")
+    return "\n".join(parts)
 
 
 def _program_list(data: Any) -> list[dict[str, Any]]:

@@ -39,6 +39,7 @@ from thunder_middleware.integrations.client import (
     ExecResult,
     ThunderClient,
     ToolIntent,
+    format_exec_result,
 )
 from thunder_middleware.integrations.tagging import (
     tool_intents,
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 
 PROGRAM_STATE_KEY = "thunder_program_id"
 
-__all__ = ["PROGRAM_STATE_KEY", "ThunderMiddleware", "ThunderState", "format_exec_result"]
+__all__ = ["PROGRAM_STATE_KEY", "ThunderMiddleware", "ThunderState", "program_id_of_runtime"]
 
 
 class ThunderState(AgentState[Any]):
@@ -60,18 +61,6 @@ class ThunderState(AgentState[Any]):
 
 
 ToolResult = ToolMessage | Command[Any]
-
-
-def format_exec_result(result: ExecResult) -> str:
-    """What a model sees of a command: exit status first, then its output streams."""
-    parts = [f"exit_code: {result.exit_code}"]
-    if result.stdout:
-        parts.append(f"stdout:\n{result.stdout}")
-    if result.stderr:
-        parts.append(f"stderr:\n{result.stderr}")
-    if result.truncated:
-        parts.append("(output truncated)")
-    return "\n".join(parts)
 
 
 def _from_context(context: Any, key: str) -> str | None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 
+from sortedcontainers import SortedList
+
 # re-base once x^(now - ref) would exceed e^_REBASE_EXPONENT (~1e13): far from overflow, and
 # the exact recomputation it triggers then costs O(members) only every ~43 s at x = 2
 _REBASE_EXPONENT = 30.0
@@ -72,6 +74,10 @@ class DecayingSum:
         total = self._scaled * math.exp(-self._ln_base * (now - self._ref))
         return total if total > 0.0 else 0.0
 
+    def get(self, key: str) -> tuple[float, float] | None:
+        """(c, since) of a member."""
+        return self._members.get(key)
+
     def contribution(self, key: str, now: float) -> float:
         """One member's current term, c * x^-(now - t)."""
         entry = self._members.get(key)
@@ -90,15 +96,31 @@ class BackendDemand:
     Marked programs (reasoning, to be paused when their call ends) still hold KV now but are
     already leaving, so the *committed* demand that the watermarks are compared with leaves
     them out; counting them would pause a second program for the same excess.
+
+    Pause candidates are kept sorted by c (acting, and unmarked reasoning), so relieving an
+    excess walks only the few smallest programs instead of sorting a backend's hundreds.
     """
 
-    __slots__ = ("_marked", "_reasoning", "acting", "reasoning_sum")
+    __slots__ = (
+        "_acting_by_c",
+        "_cached",
+        "_marked",
+        "_reasoning",
+        "_reasoning_by_c",
+        "acting",
+        "reasoning_sum",
+    )
 
     def __init__(self, base: float, now: float) -> None:
         self.acting = DecayingSum(base, now)
         self._reasoning: dict[str, float] = {}
         self._marked: set[str] = set()
+        self._acting_by_c: SortedList = SortedList()
+        self._reasoning_by_c: SortedList = SortedList()
         self.reasoning_sum = 0.0
+        # (now, demand) of the last read: one event reads every backend's demand several
+        # times at the same now; any mutation clears it
+        self._cached: tuple[float, float] | None = None
 
     @property
     def reasoning_count(self) -> int:
@@ -119,28 +141,50 @@ class BackendDemand:
     def reasoning_items(self) -> list[tuple[str, float]]:
         return [(key, c) for key, c in self._reasoning.items() if key not in self._marked]
 
+    def acting_by_c(self) -> SortedList:
+        """(c, program) of the acting programs, smallest c first (read-only for callers)."""
+        return self._acting_by_c
+
+    def reasoning_by_c(self) -> SortedList:
+        """(c, program) of the unmarked reasoning programs, smallest c first (read-only)."""
+        return self._reasoning_by_c
+
     def set_reasoning(self, key: str, c: float) -> None:
-        self.acting.discard(key)
+        self._cached = None
+        self._drop_acting(key)
         self._drop_reasoning(key)
         self._reasoning[key] = c
+        self._reasoning_by_c.add((c, key))
         self.reasoning_sum += c
 
     def set_acting(self, key: str, c: float, since: float) -> None:
+        self._cached = None
         self._drop_reasoning(key)
+        self._drop_acting(key)
         self.acting.add(key, c, since)
+        self._acting_by_c.add((c, key))
 
     def mark(self, key: str) -> None:
+        self._cached = None
         c = self._reasoning.get(key)
         if c is not None and key not in self._marked:
             self._marked.add(key)
+            self._reasoning_by_c.remove((c, key))
             self.reasoning_sum -= c
 
     def is_marked(self, key: str) -> bool:
         return key in self._marked
 
     def remove(self, key: str) -> None:
-        self.acting.discard(key)
+        self._cached = None
+        self._drop_acting(key)
         self._drop_reasoning(key)
+
+    def _drop_acting(self, key: str) -> None:
+        entry = self.acting.get(key)
+        if entry is not None:
+            self._acting_by_c.remove((entry[0], key))
+            self.acting.discard(key)
 
     def _drop_reasoning(self, key: str) -> None:
         c = self._reasoning.pop(key, None)
@@ -149,10 +193,17 @@ class BackendDemand:
         if key in self._marked:
             self._marked.discard(key)
         else:
+            self._reasoning_by_c.remove((c, key))
             self.reasoning_sum -= c
         if not self._reasoning:
             self.reasoning_sum = 0.0
 
     def raw(self, now: float) -> float:
         """Committed demand before the shared-prefix correction."""
-        return max(self.reasoning_sum, 0.0) + self.acting.value(now)
+        cached = self._cached
+        if cached is not None and cached[0] == now:
+            return cached[1]
+        reasoning = self.reasoning_sum
+        value = (reasoning if reasoning > 0.0 else 0.0) + self.acting.value(now)
+        self._cached = (now, value)
+        return value

@@ -139,7 +139,9 @@ class ProgramScheduler:
             # the arrival may push its backend over: pauses come first, and if the arriving
             # program itself is the one to go, it has not been sent, so it is paused, not marked
             self._relieve(backend, now, out, frozenset())
-            if rec.status is Status.ACTIVE:
+            # paused by that check: waits in the queue; marked by it (an earlier call of the
+            # same program is in flight): waits at the gate until the pause and a restore
+            if rec.status is Status.ACTIVE and not rec.marked:
                 self._dispatch(rec, now)
                 out.append(Admit(program_id, backend.name))
         elif rec.status is Status.PAUSED:
@@ -158,7 +160,7 @@ class ProgramScheduler:
         out: list[Decision] = []
         rec = self._programs.get(program_id)
         if rec is None or rec.inflight == 0:
-            return out
+            return self._settle(now, out, [])
         rec.inflight -= 1
         rec.steps += 1
         backend = self._backends.get(rec.backend) if rec.backend is not None else None
@@ -189,7 +191,7 @@ class ProgramScheduler:
         now = self._begin(now)
         rec = self._programs.get(program_id)
         if rec is None or rec.waiting == 0:
-            return []
+            return self._settle(now, [], [])
         rec.waiting -= 1
         if rec.waiting == 0:
             rec.waiting_since = None
@@ -203,9 +205,8 @@ class ProgramScheduler:
 
     def on_release(self, program_id: str, now: float) -> list[Decision]:
         now = self._begin(now)
-        if program_id not in self._programs:
-            return []
-        self._forget(program_id)
+        if program_id in self._programs:
+            self._forget(program_id)
         return self._settle(now, [], [])
 
     def tick(self, now: float) -> list[Decision]:
@@ -276,33 +277,43 @@ class ProgramScheduler:
         if not backend.healthy or not backend.over(now):
             return
         demand = backend.demand
-        acting = sorted(
-            (c, pid)
-            for pid, c, _ in demand.acting.items()
-            if demand.acting.contribution(pid, now) >= _NEGLIGIBLE_TOKENS
-        )
-        reasoning = sorted((c, pid) for pid, c in demand.reasoning_items())
-        counting = len(acting) + len(reasoning)
-        for _, pid in acting:
-            if not backend.over(now) or counting <= 1:
-                return
-            if pid in protected:
+        acting = demand.acting_by_c()
+        index = 0
+        while index < len(acting) and backend.over(now):
+            _, pid = acting[index]
+            if pid in protected or demand.acting.contribution(pid, now) < _NEGLIGIBLE_TOKENS:
+                index += 1
                 continue
-            self._pause(self._programs[pid], now, out, again_this_call=False)
-            counting -= 1
-        for _, pid in reasoning:
-            if not backend.over(now) or counting <= 1:
+            if not self._others_count(backend, pid, now):
                 return
+            self._pause(self._programs[pid], now, out, again_this_call=False)  # leaves `acting`
+        reasoning = demand.reasoning_by_c()
+        index = 0
+        while index < len(reasoning) and backend.over(now):
+            _, pid = reasoning[index]
             if pid in protected:
+                index += 1
                 continue
+            if not self._others_count(backend, pid, now):
+                return
             rec = self._programs[pid]
             if rec.inflight > 0:
                 rec.marked = True
-                demand.mark(pid)
+                demand.mark(pid)  # leaves `reasoning`
                 out.append(MarkForPause(pid, backend.name))
             else:  # still at the gate: nothing to cut, pause it outright
                 self._pause(rec, now, out, again_this_call=False)
-            counting -= 1
+
+    def _others_count(self, backend: BackendState, program_id: str, now: float) -> bool:
+        """Does any program other than this one still count on the backend?"""
+        demand = backend.demand
+        if demand.reasoning_count > (0 if program_id in demand.acting else 1):
+            return True
+        acting = demand.acting
+        return any(
+            pid != program_id and acting.contribution(pid, now) >= _NEGLIGIBLE_TOKENS
+            for _, pid in demand.acting_by_c()
+        )
 
     def _rescue_starving(self, now: float, out: list[Decision]) -> None:
         """Restore regardless any request that waited past the bound, then make room for it."""
@@ -324,21 +335,25 @@ class ProgramScheduler:
         """
         if not len(self._queue):
             return
-        bins = [
-            Bin(b.name, max(b.room_raw(now), 0.0), b.committed(now) < _NEGLIGIBLE_TOKENS)
-            for b in self._backends.values()
-            if b.healthy and b.committed(now) < b.low_watermark
-        ]
+        bins: list[Bin] = []
+        for b in self._backends.values():
+            if not b.healthy:
+                continue
+            committed = b.committed(now)
+            if committed < b.low_watermark:
+                room = (b.high_watermark - committed) / b.sharing.value
+                bins.append(Bin(b.name, max(room, 0.0), committed < _NEGLIGIBLE_TOKENS))
         if not bins:
             return
         room = sum(b.room for b in bins)
+        largest = max(b.room for b in bins)
         empties = sum(1 for b in bins if b.empty)
         selected: list[tuple[str, float]] = []
         for pid in self._queue.in_order():
             if pid in self._paused_in_call:
                 continue
             need = self._need(self._programs[pid], now)
-            if need <= room:
+            if need <= room and need <= largest:
                 room -= need
             elif empties:
                 empties -= 1

@@ -89,7 +89,8 @@ class LiveRun:
             before = [await _scrape(client, url) for url in self.config.engine_urls]
             cpu_start = time.process_time()
             self._start = time.monotonic()
-            agents = [asyncio.create_task(self._agent(client)) for _ in range(self.config.concurrency)]
+            agents = [asyncio.create_task(self._agent(client))
+                      for _ in range(self.config.concurrency)]
             sampler = asyncio.create_task(self._sample_kv(client))
             await self._done.wait()
             duration = self._virtual_now()

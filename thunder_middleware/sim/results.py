@@ -12,11 +12,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+import matplotlib.pyplot as plt
+from rich.console import Console
+from rich.table import Table
 
-from thunder_middleware.sim.metrics import RunResult  # noqa: E402
+from thunder_middleware.sim.metrics import RunResult
 
 #: (field, header, format) of the standard result table
 COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -58,7 +58,7 @@ def print_table(
         table.add_column(name)
     for result in results:
         table.add_row(*_cells(result, columns))
-    Console().print(table)
+    Console(width=max(Console().width, 160)).print(table)
 
 
 def write_json(results: Sequence[RunResult], path: Path) -> None:

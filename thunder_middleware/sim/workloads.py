@@ -122,7 +122,9 @@ OPENHANDS = WorkloadShape(
     output_tokens=Clipped(150, 600, 280, 0.45),
     tools=(
         ToolShape("execute_bash", 0.5, Clipped(1, 30, 4.0, 0.9), Clipped(100, 3_000, 300, 0.9)),
-        ToolShape("str_replace_editor", 0.3, Clipped(1, 30, 1.5, 0.5), Clipped(80, 2_000, 250, 0.6)),
+        ToolShape(
+            "str_replace_editor", 0.3, Clipped(1, 30, 1.5, 0.5), Clipped(80, 2_000, 250, 0.6)
+        ),
         ToolShape("browser", 0.2, Clipped(1, 30, 8.0, 0.7), Clipped(200, 3_000, 800, 0.7)),
     ),
     setup_s=(30.0, 50.0),
@@ -163,7 +165,8 @@ def reply_token_ids(program_id: str, step: int, count: int) -> list[int]:
     """
     seed = zlib.crc32(f"{program_id}/{step}".encode())
     generator = np.random.Generator(np.random.PCG64(seed))
-    return generator.integers(TOKEN_ID_LOW, TOKEN_ID_HIGH, size=count).tolist()  # type: ignore[no-any-return]
+    ids: list[int] = generator.integers(TOKEN_ID_LOW, TOKEN_ID_HIGH, size=count).tolist()
+    return ids
 
 
 @dataclass

@@ -18,12 +18,12 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from thunder_middleware.tools import labels
+from thunder_middleware.tools.config import ManagerConfig
 from thunder_middleware.tools.disk import DiskLedger
 from thunder_middleware.tools.errors import (
     EnvironmentGone,
@@ -42,6 +42,7 @@ from thunder_middleware.tools.handles import (
     ReclaimedCounts,
     ReclaimReport,
 )
+from thunder_middleware.tools.janitor import doomed_environments, run_janitor
 from thunder_middleware.tools.metrics import ToolMetrics
 from thunder_middleware.tools.ports import PortPool, PortsExhausted
 from thunder_middleware.tools.providers.base import EnvironmentProvider, Placement
@@ -53,23 +54,6 @@ log = logging.getLogger(__name__)
 
 #: Reclaim reasons after which the program's environment must not come back by itself.
 FINAL_REASONS = frozenset({"release", "terminated", "close"})
-
-
-@dataclass
-class ManagerConfig:
-    max_live: int = 64  # live environments at once; more requests queue
-    prepare_concurrency: int = 8  # creations in flight towards the engine
-    create_attempts: int = 3
-    idle_timeout_s: float | None = 900.0
-    ready_wait_timeout_s: float = 600.0  # longest an exec waits for preparation
-    default_exec_timeout_s: float = 60.0
-    max_exec_timeout_s: float = 3600.0
-    output_limit: int = 64 * 1024
-    gc_interval_s: float = 1.0
-    disk_interval_s: float = 5.0
-    port_range: tuple[int, int] = (20000, 29999)
-    reclaim_on_close: bool = True
-    history: int = 10_000  # reclaimed records kept for describe() and 409s
 
 
 class EnvironmentManager:
@@ -100,7 +84,6 @@ class EnvironmentManager:
         self._create_slots = asyncio.Semaphore(self.config.prepare_concurrency)
         self._ids = itertools.count(1)
         self._janitor: asyncio.Task[None] | None = None
-        self._last_disk_sample = 0.0
         self.reaped = ReclaimedCounts()
 
     # ---------------------------------------------------------------- lifecycle
@@ -111,7 +94,7 @@ class EnvironmentManager:
             if count:
                 self.metrics.reclaimed.labels(kind=kind, reason="orphan").inc(count)
         if self._janitor is None:
-            self._janitor = asyncio.create_task(self._janitor_loop(), name="tool-env-janitor")
+            self._janitor = asyncio.create_task(run_janitor(self), name="tool-env-janitor")
         return self.reaped
 
     async def close(self) -> None:
@@ -235,7 +218,10 @@ class EnvironmentManager:
             record.settled.set()
 
     async def _create(self, record: EnvironmentRecord) -> None:
-        ports = self.ports.acquire(record.env_id, len(record.spec.ports))
+        if self.provider.lends_host_ports:
+            ports = self.ports.acquire(record.env_id, len(record.spec.ports))
+        else:
+            ports = list(record.spec.ports)
         record.host_ports = dict(zip(record.spec.ports, ports, strict=True))
         self.metrics.ports_in_use.set(self.ports.in_use)
         placement = Placement(
@@ -387,33 +373,15 @@ class EnvironmentManager:
         self.metrics.disk_bytes.set(self.disk.total())
         return ports
 
-    # ---------------------------------------------------------------- janitor
-    async def _janitor_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.gc_interval_s)
-            try:
-                await self.collect_garbage()
-                if time.monotonic() - self._last_disk_sample >= self.config.disk_interval_s:
-                    await self.sample_disk()
-            except Exception:  # the janitor must outlive one bad round
-                log.exception("tool-environment janitor round failed")
-
+    # ---------------------------------------------------------------- collection
     async def collect_garbage(self) -> list[ReclaimReport]:
         """Reclaim idle environments and those of programs the sidecar no longer knows."""
-        now = time.monotonic()
-        doomed: list[tuple[str, str]] = []
-        for key, record in list(self._current.items()):
-            if self.program_status is not None and self.program_status(key) in {None, "terminated"}:
-                doomed.append((key, "terminated"))
-                continue
-            timeout = record.spec.idle_timeout_s or self.config.idle_timeout_s
-            if (timeout and record.active_execs == 0 and record.state is not EnvState.QUEUED
-                    and now - record.last_used > timeout):
-                doomed.append((key, "idle"))
+        doomed = doomed_environments(list(self._current.values()), time.monotonic(),
+                                     self.config.idle_timeout_s, self.program_status)
         return list(await asyncio.gather(*(self.reclaim(key, reason) for key, reason in doomed)))
 
     async def sample_disk(self) -> int:
-        self._last_disk_sample = time.monotonic()
+        """Measure every live environment's disk use; returns the total in bytes."""
         live = [r for r in self._current.values() if r.instance is not None
                 and r.state in (EnvState.PREPARING, EnvState.READY)]
         usage = await self.provider.disk_usage([r.instance for r in live if r.instance])

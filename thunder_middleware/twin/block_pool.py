@@ -22,12 +22,13 @@ class KVBlock:
     """One block of ``block_size`` token slots. ``block_hash`` is set once the block is full
     and cached; ``ref_cnt`` counts the live requests (or retentions) using it."""
 
-    __slots__ = ("block_hash", "block_id", "ref_cnt")
+    __slots__ = ("block_hash", "block_id", "depth", "ref_cnt")
 
     def __init__(self, block_id: int) -> None:
         self.block_id = block_id
         self.ref_cnt = 0
         self.block_hash: int | None = None
+        self.depth = 0  # position of the block in its hash chain, once cached
 
     def __repr__(self) -> str:
         return f"KVBlock({self.block_id}, ref={self.ref_cnt}, hash={self.block_hash})"
@@ -38,6 +39,7 @@ class BlockPool:
     scheduler; this class only keeps the books consistent."""
 
     NULL_BLOCK_ID = 0
+    MAX_EVICTION_LOG = 1 << 18  # past this, the log restarts and memos fall back to a rescan
 
     def __init__(self, num_blocks: int) -> None:
         if num_blocks < 2:
@@ -49,7 +51,10 @@ class BlockPool:
             (block.block_id, block) for block in self.blocks[1:]
         )
         self.cached: dict[int, KVBlock] = {}
-        self.num_evictions = 0
+        # (hash, chain depth) of every eviction since ``eviction_log_base``: lets a waiting
+        # request re-validate its last prefix hit in O(evictions) instead of O(prompt).
+        self.eviction_log: list[tuple[int, int]] = []
+        self.eviction_log_base = 0
 
     @property
     def num_usable_blocks(self) -> int:
@@ -62,6 +67,11 @@ class BlockPool:
     @property
     def num_referenced_blocks(self) -> int:
         return self.num_usable_blocks - len(self.free_queue)
+
+    @property
+    def num_evictions(self) -> int:
+        """Evictions so far; also the position just past the end of the eviction log."""
+        return self.eviction_log_base + len(self.eviction_log)
 
     @property
     def usage(self) -> float:
@@ -79,16 +89,20 @@ class BlockPool:
         taken: list[KVBlock] = []
         popitem = self.free_queue.popitem
         cached = self.cached
+        log = self.eviction_log
         for _ in range(count):
             block = popitem(last=False)[1]
             block_hash = block.block_hash
             if block_hash is not None:
                 if cached.get(block_hash) is block:
                     del cached[block_hash]
+                log.append((block_hash, block.depth))
                 block.block_hash = None
-                self.num_evictions += 1
             block.ref_cnt = 1
             taken.append(block)
+        if len(log) > self.MAX_EVICTION_LOG:
+            self.eviction_log_base += len(log)
+            log.clear()
         return taken
 
     def touch(self, blocks: Iterable[KVBlock]) -> None:
@@ -109,9 +123,10 @@ class BlockPool:
             if block.ref_cnt == 0:
                 free_queue[block.block_id] = block
 
-    def cache_block(self, block: KVBlock, block_hash: int) -> None:
-        """Mark a now-full block as holding the chain ``block_hash``."""
+    def cache_block(self, block: KVBlock, block_hash: int, depth: int) -> None:
+        """Mark a now-full block as holding the chain ``block_hash`` at position ``depth``."""
         block.block_hash = block_hash
+        block.depth = depth
         self.cached.setdefault(block_hash, block)
 
     def check_consistency(self) -> None:

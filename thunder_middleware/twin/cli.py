@@ -67,4 +67,13 @@ def sim(
         f"{resolved.num_blocks} blocks x {block_size} tokens, "
         f"max_model_len {resolved.engine_config.max_model_len}, time scale {time_scale:g}"
     )
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    # keep-alive beyond uvicorn's 5 s: pooled client connections (the sidecar's) then
+    # rarely race a server-side close between requests
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=5,
+    )

@@ -38,15 +38,17 @@ from thunder_middleware.twin.tokenizer import TwinTokenizer, chunk_id, split_chu
 
 FinishReason = Literal["stop", "length", "tool_calls"]
 
+# fmt: off
 _WORDS = (
     "the", "a", "of", "to", "and", "in", "is", "it", "that", "for", "on", "with", "as", "was",
     "be", "by", "this", "are", "or", "from", "at", "an", "but", "not", "have", "we", "can",
-    "file", "test", "code", "path", "line", "call", "tool", "step", "run", "fix", "bug",
-    "next", "then", "now", "read", "edit", "find", "use", "make", "will", "need", "data",
-    "list", "map", "key", "type", "case", "lock", "task", "plan", "log", "cache", "time",
-    "so", "all", "one", "two", "new", "old", "more", "last", "each", "when", "if", "same",
-    "its", "our", "out", "up", "down", "into", "also", "only", "just", "done", "good", "safe",
-)  # fmt: skip
+    "file", "test", "code", "path", "line", "call", "tool", "step", "run", "fix", "bug", "next",
+    "then", "now", "read", "edit", "find", "use", "make", "will", "need", "data", "list", "map",
+    "key", "type", "case", "lock", "task", "plan", "log", "cache", "time", "so", "all", "one",
+    "two", "new", "old", "more", "last", "each", "when", "if", "same", "its", "our", "out",
+    "up", "down", "into", "also", "only", "just", "done", "good", "safe"
+)
+# fmt: on
 _SHORT_WORDS = tuple(word for word in _WORDS if len(word) <= 3)
 
 PLAIN_MEDIAN, PLAIN_SIGMA, PLAIN_RANGE = 160.0, 0.8, (1, 4096)

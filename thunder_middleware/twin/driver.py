@@ -148,10 +148,18 @@ class EngineDriver:
         self._stats = self.engine.stats
 
     async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            await self._run_busy_period()
+        """Serve busy periods until cancelled. A failing core (a bug) ends the loop like
+        vLLM's dead engine: in-flight requests fail at once instead of hanging, and
+        ``running`` turns False so ``/health`` answers 503."""
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                await self._run_busy_period()
+        except Exception:
+            logger.exception("engine loop failed; failing %d requests", len(self._tracked))
+            for request_id in list(self._tracked):
+                self.abort(request_id)
 
     async def _run_busy_period(self) -> None:
         """Step until the core is idle. The first step starts now; each later one starts

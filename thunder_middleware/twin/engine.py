@@ -217,3 +217,7 @@ class EngineCore:
                 raise AssertionError(f"{block}: {refs[block.block_id]} owners")
         if pool.num_free_blocks + pool.num_referenced_blocks + 1 != pool.num_blocks:
             raise AssertionError("free + referenced + null != num_blocks")
+        for state in self._scheduler.waiting:
+            hit = len(self._kv.find_cached_prefix(state)) * self.config.block_size
+            if hit != self._kv.peek_prefix_hit(state.token_ids):
+                raise AssertionError(f"{state}: remembered prefix hit {hit} is stale")

@@ -49,18 +49,32 @@ class KVCacheManager:
     def find_cached_prefix(self, request: RequestState) -> list[KVBlock]:
         """Longest chain of cached full blocks of the request's tokens, capped below the
         whole sequence: at least the last token is recomputed (to get logits), and since
-        hits are whole blocks, a fully cached prompt recomputes its last block."""
+        hits are whole blocks, a fully cached prompt recomputes its last block.
+
+        A request stuck at the head of the waiting queue is looked up every step; its last
+        result is remembered (``request.prefix_memo``) and re-validated against the blocks
+        evicted since, so a blocked 50k-token prompt costs O(evictions) per step, not
+        O(prompt). The answer is the same as a full rescan."""
         max_blocks = (len(request.token_ids) - 1) // self.block_size
         hashes = request.block_hashes
         if len(hashes) < max_blocks:
             chain_hashes(request.token_ids, self.block_size, max_blocks, hashes)
-        lookup = self.pool.cached.get
-        hit: list[KVBlock] = []
-        for index in range(max_blocks):
+        pool = self.pool
+        memo = request.prefix_memo
+        if memo is not None and memo[1] >= pool.eviction_log_base:
+            hit, seen = memo
+            for block_hash, depth in pool.eviction_log[seen - pool.eviction_log_base :]:
+                if depth < len(hit) and hashes[depth] == block_hash:
+                    del hit[depth:]  # the chain broke there (it may be re-found below)
+        else:
+            hit = []
+        lookup = pool.cached.get
+        for index in range(len(hit), max_blocks):
             block = lookup(hashes[index])
             if block is None:
                 break
             hit.append(block)
+        request.prefix_memo = (hit, pool.num_evictions)
         return hit
 
     def peek_prefix_hit(self, token_ids: Sequence[int]) -> int:
@@ -104,12 +118,14 @@ class KVCacheManager:
         if num_new_blocks < 0:
             num_new_blocks = 0
         pool = self.pool
+        num_free = len(pool.free_queue)
+        if num_new_blocks > num_free:
+            return False  # short even if no hit block needs taking from the free queue
         if computed_blocks:
-            num_evictable = sum(1 for block in computed_blocks if block.ref_cnt == 0)
-        else:
-            num_evictable = 0
-        if num_new_blocks + num_evictable > len(pool.free_queue):
-            return False
+            num_evictable = [block.ref_cnt for block in computed_blocks].count(0)
+            if num_new_blocks + num_evictable > num_free:
+                return False
+        request.prefix_memo = None
         if blocks is None:
             blocks = request.kv_blocks = []
             request.num_cached_blocks = 0
@@ -133,7 +149,7 @@ class KVCacheManager:
         cache_block = self.pool.cache_block
         blocks = request.kv_blocks
         for index in range(request.num_cached_blocks, num_full):
-            cache_block(blocks[index], hashes[index])
+            cache_block(blocks[index], hashes[index], index)
         request.num_cached_blocks = num_full
 
     def free(self, request: RequestState) -> None:

@@ -24,14 +24,16 @@ from thunder_middleware.twin.stats import EngineStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
+# fmt: off
 TTFT_BUCKETS = (
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
     10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
-)  # fmt: skip
+)
 E2E_BUCKETS = (
     0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
     240.0, 480.0, 960.0, 1920.0, 7680.0,
-)  # fmt: skip
+)
+# fmt: on
 
 
 @dataclass(frozen=True)
@@ -80,33 +82,44 @@ class EngineStatsCollector(Collector):
                 "Prefix cache hits, in terms of number of cached tokens.",
                 stats.prefix_cache_hits - stats.prefix_cache_hits_preempted,
             ),
-            "vllm:num_preemptions": ("Cumulative number of preemption from the engine.",
-                                     stats.num_preemptions),
+            "vllm:num_preemptions": (
+                "Cumulative number of preemption from the engine.",
+                stats.num_preemptions,
+            ),
             "vllm:prompt_tokens": ("Number of prefill tokens processed.", stats.prompt_tokens),
-            "vllm:generation_tokens": ("Number of generation tokens processed.",
-                                       stats.generation_tokens),
-        }  # fmt: skip
+            "vllm:generation_tokens": (
+                "Number of generation tokens processed.",
+                stats.generation_tokens,
+            ),
+        }
         for name, (documentation, value) in counters.items():
             counter = CounterMetricFamily(name, documentation, labels=names)
             counter.add_metric(values, float(value))
             yield counter
         gauges: dict[str, tuple[str, float]] = {
-            "vllm:num_requests_running": ("Number of requests in model execution batches.",
-                                          stats.num_running),
-            "vllm:num_requests_waiting": ("Number of requests waiting to be processed.",
-                                          stats.num_waiting),
-            "vllm:kv_cache_usage_perc": ("KV-cache usage. 1 means 100 percent usage.",
-                                         stats.kv_cache_usage),
-        }  # fmt: skip
+            "vllm:num_requests_running": (
+                "Number of requests in model execution batches.",
+                stats.num_running,
+            ),
+            "vllm:num_requests_waiting": (
+                "Number of requests waiting to be processed.",
+                stats.num_waiting,
+            ),
+            "vllm:kv_cache_usage_perc": (
+                "KV-cache usage. 1 means 100 percent usage.",
+                stats.kv_cache_usage,
+            ),
+        }
         for name, (documentation, value) in gauges.items():
             gauge = GaugeMetricFamily(name, documentation, labels=names)
             gauge.add_metric(values, float(value))
             yield gauge
         info_labels = {"engine": "0", **self._cache.labels()}
         info = GaugeMetricFamily(
-            "vllm:cache_config_info", "Information of the LLMEngine CacheConfig",
+            "vllm:cache_config_info",
+            "Information of the LLMEngine CacheConfig",
             labels=list(info_labels),
-        )  # fmt: skip
+        )
         info.add_metric(list(info_labels.values()), 1.0)
         yield info
 
@@ -124,13 +137,17 @@ class TwinMetrics:
         self._ttft = Histogram(
             "vllm:time_to_first_token_seconds",
             "Histogram of time to first token in seconds (modeled engine time).",
-            names, registry=self.registry, buckets=TTFT_BUCKETS,
-        ).labels("0", model_name)  # fmt: skip
+            names,
+            registry=self.registry,
+            buckets=TTFT_BUCKETS,
+        ).labels("0", model_name)
         self._e2e = Histogram(
             "vllm:e2e_request_latency_seconds",
             "Histogram of e2e request latency in seconds (modeled engine time).",
-            names, registry=self.registry, buckets=E2E_BUCKETS,
-        ).labels("0", model_name)  # fmt: skip
+            names,
+            registry=self.registry,
+            buckets=E2E_BUCKETS,
+        ).labels("0", model_name)
 
     def observe(self, timing: RequestTiming) -> None:
         self._ttft.observe(timing.ttft_s)

@@ -92,6 +92,7 @@ class RequestState:
         "num_prompt_tokens",
         "output_plan",
         "output_seed",
+        "prefix_memo",
         "request_id",
         "retain_blocks",
         "status",
@@ -115,6 +116,8 @@ class RequestState:
         self.block_hashes: list[int] = []
         self.kv_blocks: list[KVBlock] | None = None
         self.num_cached_blocks = 0
+        # last prefix hit while waiting, and the pool's eviction count at that time
+        self.prefix_memo: tuple[list[KVBlock], int] | None = None
         self.status = RequestStatus.WAITING
 
     @property

@@ -9,6 +9,7 @@ of ``stream_options.include_usage``, and the ``data: [DONE]`` terminator.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
@@ -149,11 +150,9 @@ class ChunkWriter:
         """One chunk for the tokens of one step (None if they show nothing and finish
         nothing, e.g. nothing to say)."""
         text = "".join(piece.text for piece in pieces)
-        calls = [
-            piece.tool_call
-            for piece in pieces
-            if piece.tool_call is not None and (piece.tool_call.id or piece.tool_call.arguments)
-        ]
+        calls = _merge_tool_deltas(
+            [piece.tool_call for piece in pieces if piece.tool_call is not None]
+        )
         delta: dict[str, Any] = {}
         if text or (not calls and finish_reason is not None):
             delta["content"] = text
@@ -179,6 +178,20 @@ class ChunkWriter:
     def usage(self, usage: Usage) -> str:
         """The final chunk of ``stream_options.include_usage``: no choices, only usage."""
         return self._chunk([], usage)
+
+
+def _merge_tool_deltas(deltas: list[ToolCallDelta]) -> list[ToolCallDelta]:
+    """One delta per tool call (several tokens may land in one chunk); empty ones dropped."""
+    merged: dict[int, ToolCallDelta] = {}
+    for delta in deltas:
+        known = merged.get(delta.index)
+        if known is None:
+            merged[delta.index] = delta
+        else:
+            merged[delta.index] = dataclasses.replace(
+                known, arguments=known.arguments + delta.arguments
+            )
+    return [d for d in merged.values() if d.id is not None or d.arguments]
 
 
 def _tool_call_delta(call: ToolCallDelta) -> dict[str, Any]:

@@ -180,9 +180,13 @@ def create_twin_app(config: TwinConfig | None = None) -> FastAPI:
         driver.start()
         logger.info(
             "engine twin: %s on %s, %d blocks x %d tokens, max_model_len %d, time scale %g",
-            resolved.config.model, resolved.config.gpu, resolved.num_blocks,
-            resolved.engine_config.block_size, max_model_len, resolved.config.time_scale,
-        )  # fmt: skip
+            resolved.config.model,
+            resolved.config.gpu,
+            resolved.num_blocks,
+            resolved.engine_config.block_size,
+            max_model_len,
+            resolved.config.time_scale,
+        )
         try:
             yield
         finally:
@@ -206,9 +210,11 @@ def create_twin_app(config: TwinConfig | None = None) -> FastAPI:
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         card = ModelCard(
-            id=resolved.served_model_name, created=started, root=resolved.config.model,
+            id=resolved.served_model_name,
+            created=started,
+            root=resolved.config.model,
             max_model_len=max_model_len,
-        )  # fmt: skip
+        )
         return {"object": "list", "data": [card.model_dump()]}
 
     @app.get("/health")

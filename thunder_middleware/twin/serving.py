@@ -106,6 +106,8 @@ class _Response:
 
 
 class TwinServing:
+    """The chat and completions endpoints over one driver; one instance per app."""
+
     def __init__(
         self,
         driver: EngineDriver,
@@ -125,8 +127,10 @@ class TwinServing:
         if body.model is not None and body.model != self.served_model_name:
             raise ApiError(
                 f"The model `{body.model}` does not exist.",
-                status=404, error_type="NotFoundError", param="model",
-            )  # fmt: skip
+                status=404,
+                error_type="NotFoundError",
+                param="model",
+            )
         if body.n is not None and body.n != 1:
             raise ApiError("the engine twin supports n=1 only", param="n")
 
@@ -153,8 +157,10 @@ class TwinServing:
             )
         max_tokens = requested if requested is not None else max_len - num_prompt
         if body.min_tokens < 0:
-            raise ApiError(f"min_tokens must be greater than or equal to 0, got {body.min_tokens}.",
-                           param="min_tokens")  # fmt: skip
+            raise ApiError(
+                f"min_tokens must be greater than or equal to 0, got {body.min_tokens}.",
+                param="min_tokens",
+            )
         if body.min_tokens > max_tokens:
             raise ApiError(
                 f"min_tokens must be less than or equal to max_tokens={max_tokens}, got "
@@ -225,10 +231,14 @@ class TwinServing:
         run = response.runs[0]
         return JSONResponse(
             chat_completion(
-                response.response_id, self.served_model_name, run.plan.content,
-                run.plan.tool_calls, run.plan.finish_reason, response.usage(),
+                response.response_id,
+                self.served_model_name,
+                run.plan.content,
+                run.plan.tool_calls,
+                run.plan.finish_reason,
+                response.usage(),
             )
-        )  # fmt: skip
+        )
 
     async def completions(self, body: CompletionRequest, raw: Request) -> Any:
         self._check_request(body)
@@ -255,6 +265,10 @@ class TwinServing:
     def _submit(
         self, response: _Response, request_id: str, prompt_ids: list[int], plan: ReplyPlan
     ) -> None:
+        if not self.driver.running:
+            raise ApiError(
+                "the engine is not running", status=503, error_type="ServiceUnavailableError"
+            )
         request = EngineRequest(request_id, prompt_ids, len(plan.token_ids), plan.token_ids)
         queue = self.driver.submit(request)
         response.runs.append(_Run(request_id, plan, queue, len(prompt_ids)))
@@ -313,6 +327,10 @@ class TwinServing:
             run = response.runs[0]
             while not run.done:
                 positions = run.take(await run.queue.get())
+                # a consumer that fell behind sends what piled up as one chunk (as vLLM's
+                # output collector merges deltas), instead of falling further behind
+                while not run.done and not run.queue.empty():
+                    positions += run.take(run.queue.get_nowait())
                 if run.aborted:
                     return
                 yield 0, positions, run.done

@@ -71,6 +71,9 @@ class OutputBuffer:
 
 class EnvironmentProvider(abc.ABC):
     name: str = "abstract"
+    #: True when environment ports are published on host ports lent from the manager's pool;
+    #: False when each environment has its own address (a pod IP) and keeps its own ports.
+    lends_host_ports: bool = True
 
     @abc.abstractmethod
     async def validate(self, spec: EnvSpec) -> None:

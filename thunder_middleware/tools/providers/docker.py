@@ -2,20 +2,16 @@
 
 Speaks the Docker Engine API through the ``docker`` SDK, so it runs unchanged against Docker or
 Podman's compatible service (``scripts/container-engine.sh``). The SDK blocks, so every call runs
-on a thread pool of our own: the default executor has only ``cpu + 4`` threads, and one exec
-streaming output would hold a thread for the command's whole duration, starving the rest.
+on a private thread pool (``BlockingCalls``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import docker
 import docker.errors
@@ -41,9 +37,9 @@ from thunder_middleware.tools.providers.base import (
     Placement,
 )
 from thunder_middleware.tools.providers.processes import kill_tree
+from thunder_middleware.tools.providers.threads import BlockingCalls
 from thunder_middleware.tools.specs import EnvSpec
 
-T = TypeVar("T")
 KEEPALIVE = ["sleep", "2147483647"]  # environments without a command stay up until reclaimed
 _SPEC_ERRORS = ("executable file not found", "no such file or directory", "invalid")
 
@@ -92,15 +88,8 @@ class DockerProvider(EnvironmentProvider):
         self.client = client
         self.pull_missing = pull_missing
         self.publish_host = publish_host
-        self._executor = ThreadPoolExecutor(max_threads, thread_name_prefix="thunder-docker")
-
-    async def _run(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        try:
-            call = functools.partial(fn, *args, **kwargs)
-            return await loop.run_in_executor(self._executor, call)
-        except Exception as exc:
-            raise map_engine_error(exc, what) from exc
+        self._calls = BlockingCalls(max_threads, "docker", map_engine_error)
+        self._run = self._calls.run
 
     # ------------------------------------------------------------------ create
     async def validate(self, spec: EnvSpec) -> None:
@@ -187,7 +176,7 @@ class DockerProvider(EnvironmentProvider):
                 stderr.feed(err_chunk)
 
         loop = asyncio.get_running_loop()
-        reading = loop.run_in_executor(self._executor, pump)
+        reading = loop.run_in_executor(self._calls.executor, pump)
         timed_out = False
         try:
             await asyncio.wait_for(asyncio.shield(reading), timeout_s)
@@ -280,5 +269,5 @@ class DockerProvider(EnvironmentProvider):
         return len(listed)
 
     async def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._calls.shutdown()
         self.client.close()

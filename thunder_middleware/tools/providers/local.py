@@ -2,11 +2,11 @@
 
 The embedded default where no container engine exists. Each environment gets
 ``<root>/<env_id>/`` (``work/`` is its home and working directory), and each command runs in a
-new session (its own process group) with the spec's limits applied before exec: memory as
-``RLIMIT_AS``, CPUs as an affinity mask of ``ceil(cpus)`` cores (without cgroups a fraction of a
-core cannot be enforced), no core dumps. Ports are host ports handed in through ``PORT`` and
-``PORT_<n>``; volumes are directories under ``work/``. Reclaim kills every labelled process and
-removes the directory.
+new session (its own process group) with the spec's limits applied before exec (``prlimit``,
+``taskset``): memory as ``RLIMIT_AS``, CPUs as an affinity mask of ``ceil(cpus)`` cores (without
+cgroups a fraction of a core cannot be enforced), no core dumps. Ports are host ports handed in
+through ``PORT`` and ``PORT_<n>``; volumes are directories under ``work/``. Reclaim kills every
+labelled process and removes the directory.
 """
 
 from __future__ import annotations
@@ -16,11 +16,9 @@ import contextlib
 import json
 import math
 import os
-import resource
 import shutil
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from thunder_middleware.tools import labels
@@ -44,22 +42,27 @@ from thunder_middleware.tools.providers.processes import (
 )
 from thunder_middleware.tools.specs import EnvSpec
 
-_READ_GRACE_S = 0.5  # output still arriving after exit (background children may hold the pipe)
+_READ_GRACE_S = 0.2  # output still arriving after exit (background children may hold the pipe)
+_PRLIMIT = shutil.which("prlimit")
+_TASKSET = shutil.which("taskset")
 
 
-def _limits_applier(spec: EnvSpec) -> Callable[[], None]:
-    memory = spec.memory
-    cores = math.ceil(spec.cpus) if spec.cpus else None
+def limited_argv(argv: list[str], spec: EnvSpec) -> list[str]:
+    """Wrap a command in util-linux ``prlimit``/``taskset`` so limits apply before it runs.
 
-    def apply() -> None:  # runs in the child between fork and exec
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        if memory:
-            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-        if cores:
-            allowed = sorted(os.sched_getaffinity(0))
-            os.sched_setaffinity(0, allowed[:cores])
-
-    return apply
+    Setting limits in a ``preexec_fn`` would force a full ``fork`` of the sidecar for every
+    command (tens of ms for a large process under load); the wrappers keep ``vfork`` spawning.
+    """
+    wrapped = list(argv)
+    if spec.cpus and _TASKSET:
+        allowed = sorted(os.sched_getaffinity(0))[: math.ceil(spec.cpus)]
+        wrapped = [_TASKSET, "-c", ",".join(map(str, allowed)), *wrapped]
+    if _PRLIMIT:
+        limits = ["--core=0"] + ([f"--as={spec.memory}"] if spec.memory else [])
+        wrapped = [_PRLIMIT, *limits, "--", *wrapped]
+    elif spec.memory:
+        raise InvalidSpec("memory limits need util-linux prlimit on this host", param="memory")
+    return wrapped
 
 
 def _inside(work: Path, path: str | None) -> Path:
@@ -139,7 +142,7 @@ class LocalProvider(EnvironmentProvider):
                 "env": {**spec.env, **ports},
                 "labels": labels.process_labels(placement.owner, placement.instance_id,
                                                 placement.env_id),
-                "limits": _limits_applier(spec),
+                "spec": spec,
                 "main": None,
             },
         )
@@ -148,9 +151,9 @@ class LocalProvider(EnvironmentProvider):
             log = open(env_dir / "main.log", "ab")  # noqa: SIM115 - handed to the child
             try:
                 instance.data["main"] = await asyncio.create_subprocess_exec(
-                    *argv, cwd=cwd, env=self._environment(instance, None),
+                    *limited_argv(argv, spec), cwd=cwd, env=self._environment(instance, None),
                     stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-                    start_new_session=True, preexec_fn=instance.data["limits"],
+                    start_new_session=True,
                 )
             except OSError as exc:
                 shutil.rmtree(env_dir, ignore_errors=True)
@@ -182,15 +185,20 @@ class LocalProvider(EnvironmentProvider):
             return ExecResult(exit_code=EXIT_NOT_EXECUTABLE, stdout="",
                               stderr=f"workdir {workdir!r} does not exist",
                               duration_s=time.monotonic() - started)
+        environment = self._environment(instance, env)
+        if "/" not in argv[0] and shutil.which(argv[0], path=environment["PATH"]) is None:
+            return ExecResult(exit_code=EXIT_NOT_FOUND, stdout="",
+                              stderr=f"{argv[0]}: command not found",
+                              duration_s=time.monotonic() - started)
         # Our own pipes, not asyncio's PIPE: asyncio's wait() also waits for its pipes to close,
         # so a command that leaves a background child (``server &``) would hang the exec.
         out_read, out_write = os.pipe()
         err_read, err_write = os.pipe()
         try:
             process = await asyncio.create_subprocess_exec(
-                *argv, cwd=cwd, env=self._environment(instance, env),
+                *limited_argv(argv, instance.data["spec"]), cwd=cwd, env=environment,
                 stdin=asyncio.subprocess.DEVNULL, stdout=out_write, stderr=err_write,
-                start_new_session=True, preexec_fn=instance.data["limits"],
+                start_new_session=True,
             )
         except (FileNotFoundError, PermissionError) as exc:
             for fd in (out_read, err_read):
@@ -232,8 +240,10 @@ class LocalProvider(EnvironmentProvider):
         killed = kill_processes(processes_with(labels.ENV_VAR_ENV_ID, instance.env_id))
         main: asyncio.subprocess.Process | None = instance.data.get("main")
         if main is not None and main.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                main.kill()
+            # os.killpg, not main.kill(): Popen.send_signal() polls first and would reap the
+            # child behind asyncio's child watcher (which then reports exit status 255).
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(main.pid, signal.SIGKILL)
             await main.wait()
         env_dir = Path(instance.ref)
         existed = env_dir.exists()

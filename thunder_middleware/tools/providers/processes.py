@@ -31,7 +31,8 @@ def managed_processes() -> dict[int, dict[str, str]]:
         if not entry.isdigit():
             continue
         try:
-            raw = Path(f"/proc/{entry}/environ").read_bytes()
+            with open(f"/proc/{entry}/environ", "rb") as handle:  # hot loop: no pathlib
+                raw = handle.read()
         except OSError:
             continue
         if marker not in raw:

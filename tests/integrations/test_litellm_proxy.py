@@ -1,0 +1,150 @@
+"""The shipped LiteLLM proxy config (integrations/litellm/) in front of the real stack."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from tests.integrations.conftest import MODEL, Stack, running_stack
+from thunder_middleware.launch import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "integrations" / "litellm" / "config.yaml"
+MASTER_KEY = "sk-thunder-test-0123456789abcdef"
+TOOLS = [{"type": "function", "function": {
+    "name": "open_file", "description": "Open a file",
+    "parameters": {"type": "object", "properties": {"path": {"type": "string"}},
+                   "required": ["path"]}}}]
+
+
+def wait_for_proxy(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
+    deadline = time.monotonic() + 180
+    while True:
+        assert process.poll() is None, log.read_text()[-3000:]
+        try:
+            if httpx.get(url + "/health/liveliness", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "litellm proxy did not start:\n" + \
+            log.read_text()[-3000:]
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def proxy_and_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Stack]]:
+    """The proxy is slow to import, so it starts first and the stack starts meanwhile on the
+    sidecar port the proxy was told about."""
+    sidecar_port, port = free_port(), free_port()
+    sidecar = f"http://127.0.0.1:{sidecar_port}"
+    log = tmp_path_factory.mktemp("litellm") / "proxy.log"
+    env = {**os.environ, "THUNDER_SIDECAR_URL": sidecar,
+           "THUNDER_SIDECAR_OPENAI_BASE": sidecar + "/v1", "THUNDER_SIDECAR_API_KEY": "EMPTY",
+           "LITELLM_MASTER_KEY": MASTER_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    command = [str(Path(sys.executable).parent / "litellm"), "--config", str(CONFIG),
+               "--host", "127.0.0.1", "--port", str(port)]
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with running_stack(sidecar_port) as stack:
+            wait_for_proxy(process, url, log)
+            yield url, stack
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture(scope="module")
+def stack(proxy_and_stack: tuple[str, Stack]) -> Stack:
+    return proxy_and_stack[1]
+
+
+@pytest.fixture(scope="module")
+def proxy(proxy_and_stack: tuple[str, Stack]) -> str:
+    return proxy_and_stack[0]
+
+
+@pytest.fixture(scope="module")
+def openai_client(proxy: str) -> OpenAI:
+    return OpenAI(base_url=proxy + "/v1", api_key=MASTER_KEY, max_retries=0)
+
+
+def namespaced_ids(stack: Stack, program_id: str) -> list[str]:
+    return [p for p in stack.program_ids() if p.endswith(":" + program_id)]
+
+
+def scoped(stack: Stack, program_id: str) -> str:
+    found = namespaced_ids(stack, program_id)
+    assert len(found) == 1, f"expected one namespaced program for {program_id}: {found}"
+    assert program_id not in stack.program_ids()  # the un-namespaced id never reached it
+    return found[0]
+
+
+def chat(client: OpenAI, content: str, **options: Any) -> Any:
+    return client.chat.completions.create(model=MODEL, max_tokens=1024,
+                                          messages=[{"role": "user", "content": content}],
+                                          **options)
+
+
+@pytest.mark.parametrize("where", ["metadata", "body", "header", "session"])
+def test_program_identity_from_each_source(stack: Stack, openai_client: OpenAI, where: str,
+                                           program_id: str) -> None:
+    options: dict[str, Any] = {
+        "metadata": {"extra_body": {"metadata": {"program_id": program_id}}},
+        "body": {"extra_body": {"program_id": program_id}},
+        "header": {"extra_headers": {"X-Program-Id": program_id}},
+        "session": {"extra_body": {"litellm_session_id": program_id}},
+    }[where]
+    chat(openai_client, f"hello {where}", **options)
+    key = scoped(stack, program_id)
+    assert key.startswith("key-")  # the master key's tenant: a hash, never the key itself
+    assert MASTER_KEY not in key
+    assert stack.steps(key) == 1
+
+
+def test_multi_step_loop_through_the_proxy(stack: Stack, openai_client: OpenAI,
+                                           program_id: str) -> None:
+    messages: list[dict[str, Any]] = [{"role": "user", "content": f"Open the files {program_id}"}]
+    calls = 0
+    while True:
+        response = openai_client.chat.completions.create(
+            model=MODEL, max_tokens=1024, messages=messages, tools=TOOLS,  # type: ignore[arg-type]
+            extra_body={"metadata": {"program_id": program_id}})
+        calls += 1
+        message = response.choices[0].message
+        if not message.tool_calls:
+            break
+        messages.append(message.model_dump(exclude_none=True))
+        messages += [{"role": "tool", "tool_call_id": c.id, "content": "..."}
+                     for c in message.tool_calls]
+    assert calls >= 3
+    assert stack.steps(scoped(stack, program_id)) == calls
+
+
+def test_streaming_through_the_proxy(stack: Stack, openai_client: OpenAI,
+                                     program_id: str) -> None:
+    chunks = list(chat(openai_client, "stream please", stream=True,
+                       extra_headers={"X-Program-Id": program_id}))
+    assert len(chunks) > 1
+    timeline = stack.program(scoped(stack, program_id))["timeline"]
+    assert [step["stream"] for step in timeline] == [True]
+
+
+def test_request_without_identity_stays_anonymous(stack: Stack, openai_client: OpenAI) -> None:
+    before = stack.program_ids()
+    chat(openai_client, "no program here")
+    assert stack.program_ids() == before

@@ -1,0 +1,175 @@
+"""LiteLLM SDK: the callback (async path) and the wrappers (sync path), real sidecar + twin."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import litellm
+import pytest
+
+from tests.integrations.conftest import MODEL, Stack
+from thunder_middleware.integrations import litellm as thunder_litellm
+from thunder_middleware.integrations.litellm import ThunderLiteLLMCallback
+from thunder_middleware.launch import free_port
+
+TOOLS = [{
+    "type": "function",
+    "function": {
+        "name": "run_tests",
+        "description": "Run the test suite",
+        "parameters": {"type": "object", "properties": {"path": {"type": "string"}},
+                       "required": ["path"]},
+    },
+}]
+
+
+@pytest.fixture(autouse=True)
+def callback(stack: Stack) -> Iterator[ThunderLiteLLMCallback]:
+    handler = ThunderLiteLLMCallback(stack.url)
+    previous = list(litellm.callbacks)
+    litellm.callbacks = [handler]
+    try:
+        yield handler
+    finally:
+        litellm.callbacks = previous
+
+
+def request(stack: Stack, program_id: str, messages: list[dict[str, Any]],
+            **extra: Any) -> dict[str, Any]:
+    return {"model": f"openai/{MODEL}", "api_base": stack.openai_base, "api_key": "EMPTY",
+            "messages": messages, "tools": TOOLS, "max_tokens": 1024,
+            "metadata": {"program_id": program_id}, **extra}
+
+
+def tool_calls_of(message: Any) -> list[Any]:
+    return list(getattr(message, "tool_calls", None) or [])
+
+
+def append_turn(messages: list[dict[str, Any]], content: str | None, calls: list[Any]) -> None:
+    messages.append({"role": "assistant", "content": content, "tool_calls": [
+        {"id": c["id"], "type": "function", "function": c["function"]} for c in calls]})
+    for call in calls:
+        messages.append({"role": "tool", "tool_call_id": call["id"], "content": "2 passed"})
+
+
+def plain_calls(message: Any) -> list[dict[str, Any]]:
+    return [{"id": c.id, "function": {"name": c.function.name, "arguments": c.function.arguments}}
+            for c in tool_calls_of(message)]
+
+
+def streamed_calls(chunks: list[Any]) -> tuple[str, list[dict[str, Any]]]:
+    calls: dict[int, dict[str, Any]] = {}
+    text = ""
+    for chunk in chunks:
+        delta = chunk.choices[0].delta if chunk.choices else None
+        if delta is None:
+            continue
+        text += delta.content or ""
+        for piece in delta.tool_calls or []:
+            call = calls.setdefault(piece.index, {"id": None, "function": {"name": "",
+                                                                            "arguments": ""}})
+            call["id"] = piece.id or call["id"]
+            call["function"]["name"] += piece.function.name or ""
+            call["function"]["arguments"] += piece.function.arguments or ""
+    for call in calls.values():
+        json.loads(call["function"]["arguments"])  # the twin's arguments are valid JSON
+    return text, list(calls.values())
+
+
+def task(program_id: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": f"Make the failing test pass ({program_id})."}]
+
+
+async def test_async_loop_every_call_tagged(stack: Stack, program_id: str) -> None:
+    messages, calls = task(program_id), 0
+    while True:
+        response = await litellm.acompletion(**request(stack, program_id, messages))
+        calls += 1
+        message = response.choices[0].message
+        if not tool_calls_of(message):
+            break
+        append_turn(messages, message.content, plain_calls(message))
+    assert calls >= 3
+    assert stack.steps(program_id) == calls
+    stack.client.release(program_id)
+    assert stack.program(program_id)["terminated_reason"] == "released"
+
+
+async def test_async_streaming_loop_through_wrapper(stack: Stack, program_id: str) -> None:
+    messages, calls = task(program_id), 0
+    while True:
+        stream = await thunder_litellm.acompletion(**request(stack, program_id, messages,
+                                                             stream=True))
+        chunks = [chunk async for chunk in stream]
+        calls += 1
+        text, tool_calls = streamed_calls(chunks)
+        if not tool_calls:
+            break
+        append_turn(messages, text or None, tool_calls)
+    seen = stack.program(program_id)
+    assert calls >= 3
+    assert seen["summary"]["steps"] == calls
+    assert all(step["stream"] for step in seen["timeline"])
+
+
+async def test_async_streaming_with_the_callback_alone(stack: Stack, program_id: str) -> None:
+    stream = await litellm.acompletion(**request(stack, program_id, task(program_id),
+                                                 stream=True))
+    _ = [chunk async for chunk in stream]
+    assert stack.program(program_id)["timeline"][0]["stream"] is True
+
+
+def test_sync_loop_through_wrapper(stack: Stack, program_id: str) -> None:
+    messages, calls = task(program_id), 0
+    while True:
+        response = thunder_litellm.completion(**request(stack, program_id, messages))
+        calls += 1
+        message = response.choices[0].message
+        if not tool_calls_of(message):
+            break
+        append_turn(messages, message.content, plain_calls(message))
+    assert calls >= 3
+    assert stack.steps(program_id) == calls
+
+
+def test_sync_streaming_through_wrapper(stack: Stack, program_id: str) -> None:
+    chunks = list(thunder_litellm.completion(**request(stack, program_id, task(program_id),
+                                                       stream=True)))
+    assert len(chunks) > 1
+    assert stack.program(program_id)["timeline"][0]["stream"] is True
+
+
+def test_plain_sync_completion_is_not_tagged_by_the_callback(stack: Stack,
+                                                             program_id: str) -> None:
+    """Why the wrapper exists: litellm 1.110 runs no deployment hook on the sync path."""
+    litellm.completion(**request(stack, program_id, task(program_id)))
+    assert program_id not in stack.program_ids()
+
+
+async def test_existing_extra_body_survives(stack: Stack, program_id: str) -> None:
+    kwargs = request(stack, program_id, task(program_id), max_tokens=300,
+                     extra_body={"ignore_eos": True})
+    kwargs.pop("tools")
+    await litellm.acompletion(**kwargs)
+    control = await litellm.acompletion(**{**kwargs, "extra_body": {}, "metadata": {}})
+    assert stack.program(program_id)["timeline"][0]["completion_tokens"] == 300
+    assert control.usage.completion_tokens < 300
+
+
+async def test_fallback_deployment_is_tagged_too(stack: Stack, program_id: str) -> None:
+    """The deployment hook runs per attempt: a fallback after a dead deployment carries it."""
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    router = litellm.Router(
+        model_list=[
+            {"model_name": "primary", "litellm_params": {
+                "model": f"openai/{MODEL}", "api_base": dead, "api_key": "EMPTY"}},
+            {"model_name": "backup", "litellm_params": {
+                "model": f"openai/{MODEL}", "api_base": stack.openai_base, "api_key": "EMPTY"}},
+        ],
+        fallbacks=[{"primary": ["backup"]}], num_retries=0,
+    )
+    await router.acompletion(model="primary", messages=task(program_id), max_tokens=32,
+                             metadata={"program_id": program_id})
+    assert stack.steps(program_id) == 1

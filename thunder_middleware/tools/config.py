@@ -1,0 +1,22 @@
+"""Knobs of the environment manager (the sidecar maps its CLI flags onto these)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ManagerConfig:
+    max_live: int = 64  # live environments at once; more requests queue
+    prepare_concurrency: int = 8  # creations in flight towards the engine
+    create_attempts: int = 3
+    idle_timeout_s: float | None = 900.0
+    ready_wait_timeout_s: float = 600.0  # longest an exec waits for preparation
+    default_exec_timeout_s: float = 60.0
+    max_exec_timeout_s: float = 3600.0
+    output_limit: int = 64 * 1024
+    gc_interval_s: float = 1.0
+    disk_interval_s: float = 5.0
+    port_range: tuple[int, int] = (20000, 29999)
+    reclaim_on_close: bool = True
+    history: int = 10_000  # reclaimed records kept for describe() and 409s
