@@ -160,7 +160,8 @@ def main() -> None:
         "`python -m benchmarks.twin_cost`.\n"
         "decode: every request decoding; mixed: multi-turn conversations (200-token "
         "outputs, next turn of +150 tokens submitted at once), so prefill chunks and "
-        "prefix-cache lookups mix with decode.\n\n" + markdown + "\n"
+        "prefix-cache lookups mix with decode. First prompts are 1,024 tokens (512 at 256 "
+        "running); CPU time includes the driver's own bookkeeping.\n\n" + markdown + "\n"
     )
     Console().print(f"wrote {out}")
 

@@ -13,6 +13,7 @@ import asyncio
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import typer
@@ -20,10 +21,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from thunder_middleware.demo_fleet import FleetResult, FleetShape, run_fleet
 from thunder_middleware.launch import RunningServer, start_sidecar, start_twin
 from thunder_middleware.sidecar.backends.base import parse_samples
 from thunder_middleware.sidecar.backends.vllm import vllm_metrics
+
+if TYPE_CHECKING:  # LangChain is heavy: only the demo itself pays for importing it
+    from thunder_middleware.demo_fleet import FleetResult, FleetShape
 
 
 @dataclass
@@ -67,6 +70,8 @@ def _served_model(twin: RunningServer) -> str:
 
 def _run_one(name: str, shape: FleetShape, blocks: int, through_sidecar: bool,
              progress: Progress) -> RunReport:
+    from thunder_middleware.demo_fleet import run_fleet
+
     task = progress.add_task(name, total=shape.agents * shape.tasks_per_agent)
     twin = start_twin(time_scale=shape.time_scale, num_gpu_blocks=blocks)
     sidecar: RunningServer | None = None
@@ -131,6 +136,8 @@ def demo(
     output: Path = typer.Option(Path("demo-output"), help="Where the plot is written."),
 ) -> None:
     """Run the fleet straight to a twin, then through the sidecar, and compare."""
+    from thunder_middleware.demo_fleet import FleetShape
+
     console = Console(width=max(Console().width, 118))
     shape = FleetShape(agents=agents, tasks_per_agent=tasks_per_agent, time_scale=time_scale,
                        seed=seed)

@@ -17,6 +17,8 @@ class BackendState:
     """Mutable per-backend record owned by the scheduler."""
 
     __slots__ = (
+        "_below_at",
+        "_below_key",
         "_config",
         "c_total",
         "capacity",
@@ -42,6 +44,8 @@ class BackendState:
         self.lambda_eff = config.lambda_max
         self.c_total = 0.0  # sum of c over bound programs (mean context for the cost model)
         self.program_count = 0
+        self._below_key: tuple[int, float, float, int] | None = None
+        self._below_at = float("-inf")
 
     # --- demand in watermark units -----------------------------------------------------
     def committed(self, now: float) -> float:
@@ -61,6 +65,22 @@ class BackendState:
     def room_raw(self, now: float) -> float:
         """Uncorrected tokens that still fit under the high watermark (may be negative)."""
         return (self.high_watermark - self.committed(now)) / self.sharing.value
+
+    def below_low_from(self) -> float:
+        """Earliest time the committed demand can be under the low watermark by decay alone.
+
+        Cached until the demand, the watermark or the sharing factor changes: the restore
+        pass after every event skips a backend in O(1) until then, instead of re-evaluating
+        the decaying sum of every backend on every event.
+        """
+        key = (self.demand.version, self.lambda_eff, self.sharing.value, self.capacity)
+        if key != self._below_key:
+            reasoning = max(self.demand.reasoning_sum, 0.0)
+            target = self.low_watermark / self.sharing.value - reasoning
+            # a hair early: the exact comparison is made when the time comes
+            self._below_at = self.demand.acting.time_below(target) - 1e-6
+            self._below_key = key
+        return self._below_at
 
     def over(self, now: float) -> bool:
         return self.committed(now) > self.high_watermark

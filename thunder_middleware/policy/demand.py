@@ -74,6 +74,19 @@ class DecayingSum:
         total = self._scaled * math.exp(-self._ln_base * (now - self._ref))
         return total if total > 0.0 else 0.0
 
+    def time_below(self, target: float) -> float:
+        """Earliest time at which the sum falls below ``target`` with no further changes.
+
+        -inf if it already is (or is empty and target > 0), +inf if it never will be.
+        """
+        if not self._members or self._scaled <= 0.0:
+            return float("-inf") if target > 0.0 else float("inf")
+        if target <= 0.0:
+            return float("inf")
+        if self._ln_base == 0.0:
+            return float("-inf") if self._scaled < target else float("inf")
+        return self._ref + math.log(self._scaled / target) / self._ln_base
+
     def get(self, key: str) -> tuple[float, float] | None:
         """(c, since) of a member."""
         return self._members.get(key)
@@ -109,6 +122,7 @@ class BackendDemand:
         "_reasoning_by_c",
         "acting",
         "reasoning_sum",
+        "version",
     )
 
     def __init__(self, base: float, now: float) -> None:
@@ -121,6 +135,7 @@ class BackendDemand:
         # (now, demand) of the last read: one event reads every backend's demand several
         # times at the same now; any mutation clears it
         self._cached: tuple[float, float] | None = None
+        self.version = 0  # bumped by every mutation: lets readers cache derived values
 
     @property
     def reasoning_count(self) -> int:
@@ -151,6 +166,7 @@ class BackendDemand:
 
     def set_reasoning(self, key: str, c: float) -> None:
         self._cached = None
+        self.version += 1
         self._drop_acting(key)
         self._drop_reasoning(key)
         self._reasoning[key] = c
@@ -159,6 +175,7 @@ class BackendDemand:
 
     def set_acting(self, key: str, c: float, since: float) -> None:
         self._cached = None
+        self.version += 1
         self._drop_reasoning(key)
         self._drop_acting(key)
         self.acting.add(key, c, since)
@@ -166,6 +183,7 @@ class BackendDemand:
 
     def mark(self, key: str) -> None:
         self._cached = None
+        self.version += 1
         c = self._reasoning.get(key)
         if c is not None and key not in self._marked:
             self._marked.add(key)
@@ -177,6 +195,7 @@ class BackendDemand:
 
     def remove(self, key: str) -> None:
         self._cached = None
+        self.version += 1
         self._drop_acting(key)
         self._drop_reasoning(key)
 

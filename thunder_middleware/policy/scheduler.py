@@ -337,7 +337,7 @@ class ProgramScheduler:
             return
         bins: list[Bin] = []
         for b in self._backends.values():
-            if not b.healthy:
+            if not b.healthy or now < b.below_low_from():
                 continue
             committed = b.committed(now)
             if committed < b.low_watermark:
