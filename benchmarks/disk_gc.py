@@ -117,7 +117,7 @@ async def run_mode(mode: str, args: argparse.Namespace) -> DiskRun:
     return run
 
 
-def report(runs: list[DiskRun], args: argparse.Namespace) -> str:
+def report(runs: list[DiskRun], args: argparse.Namespace, suffix: str) -> str:
     without, with_gc = runs
     table = Table(title=f"Disk in use over {args.programs} programs ({args.provider} provider)")
     columns = ["mode", "written MB", "peak MB", "mean MB", "held at end MB", "run s"]
@@ -139,7 +139,7 @@ def report(runs: list[DiskRun], args: argparse.Namespace) -> str:
     axis.set_title(f"{args.programs} programs, {args.concurrency} at a time")
     axis.legend()
     figure.tight_layout()
-    figure.savefig(RESULTS / "env_disk_gc.png", dpi=120)
+    figure.savefig(RESULTS / f"env_disk_gc{suffix}.png", dpi=120)
     plt.close(figure)
     return "\n".join([
         "# Disk in use with and without lifecycle collection",
@@ -152,7 +152,7 @@ def report(runs: list[DiskRun], args: argparse.Namespace) -> str:
         f"With lifecycle GC, a released program's environment is reclaimed at once and the "
         f"{args.abandon:.0%} that are abandoned (never released) after the {args.idle_timeout:g} s "
         "idle timeout; without it, nothing is reclaimed until the run ends. Disk in use is the "
-        "manager's own accounting, sampled every 0.2 s (`env_disk_gc.png`).",
+        f"manager's own accounting, sampled every 0.2 s (`env_disk_gc{suffix}.png`).",
         "",
         "| " + " | ".join(columns) + " |",
         "|" + "---|" * len(columns),
@@ -164,7 +164,7 @@ def report(runs: list[DiskRun], args: argparse.Namespace) -> str:
         "stay; with it only the running ones (and abandoned ones until their idle timeout) hold "
         "disk.",
         "",
-        "![disk over time](env_disk_gc.png)",
+        f"![disk over time](env_disk_gc{suffix}.png)",
         "",
     ])
 
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     RESULTS.mkdir(exist_ok=True)
     runs = [asyncio.run(run_mode(mode, args)) for mode in ("no GC", "lifecycle GC")]
     suffix = "" if args.provider == "local" else f"_{args.provider}"
-    (RESULTS / f"env_disk_gc{suffix}.md").write_text(report(runs, args))
+    (RESULTS / f"env_disk_gc{suffix}.md").write_text(report(runs, args, suffix))
 
 
 if __name__ == "__main__":

@@ -227,6 +227,22 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+READING = [
+    "`vLLM again` is vLLM against itself on a fresh copy of the trace: inside a wave, whether "
+    "a running request allocates its next decode block before or after a later arrival's "
+    "lookup depends on speed. Differences of that size are noise, not a twin error.",
+    "`twin core` is the twin's engine replayed in-process in the same order; `twin` is the "
+    "HTTP server. A gap between the two is server timing; a gap shared by both is policy.",
+    "Policy rules checked against vLLM 0.32 (`vllm/v1/core`): hits are whole blocks capped "
+    "at `(prompt - 1) // block_size` blocks; blocks filled by generated tokens are cached "
+    "except the one the last sampled token would complete; a finished request's blocks are "
+    "freed tail first, hashed blocks to the tail of the free queue and never-full (unhashed) "
+    "blocks to its head, to be reused first (`BlockPool.free_blocks`); allocation takes from "
+    "the head. A twin that sends unhashed blocks to the tail evicts one cached block more per "
+    "finished request and caches slightly fewer tokens once the cache is full.",
+]
+
+
 def write_markdown(
     path: Path, trace: Trace, cfg: TraceConfig, limits: EngineLimits,
     comparisons: list[Comparison], verdict: str, notes: list[str],
@@ -264,6 +280,7 @@ def write_markdown(
     if rows:
         parts += ["## Requests that differ (first 12 per pair)", "",
                   markdown_table(DIFFERING_HEADER, rows), ""]
+    parts += ["## Reading the differences", "", *[f"- {line}" for line in READING], ""]
     if notes:
         parts += ["## Notes", "", *[f"- {note}" for note in notes], ""]
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -151,3 +151,63 @@ async def test_failed_tool_releases_on_the_async_path(stack: Stack, program_id: 
         await agent.ainvoke({"messages": [{"role": "user", "content": TASK}]},
                             {"configurable": {"thread_id": program_id}})
     assert stack.program(program_id)["terminated_reason"] == "released"
+
+
+LIVE = ("preparing", "ready")
+
+
+def run_with_env_probe(stack: Stack, program_id: str,
+                       middleware: ThunderMiddleware) -> list[tuple[float, list[dict[str, Any]]]]:
+    """Run an agent whose only tool records the program's environments as it starts."""
+    observed: list[tuple[float, list[dict[str, Any]]]] = []
+
+    @tool
+    def inspect_sandbox(path: str) -> str:
+        """Inspect a path in the sandbox."""
+        observed.append((time.time(), stack.program(program_id)["environments"]))
+        return "ok"
+
+    stack.client.register(program_id, preset="local-shell")
+    stack.client.remove_environment(program_id)  # keeps its spec; nothing live any more
+    assert not [e for e in stack.program(program_id)["environments"] if e["state"] in LIVE]
+    agent = create_agent(chat_model(stack), [inspect_sandbox], middleware=[middleware],
+                         checkpointer=InMemorySaver())
+    agent.invoke({"messages": [{"role": "user", "content": TASK}]},
+                 {"configurable": {"thread_id": program_id}})
+    assert observed, "the twin should have called the tool"
+    return observed
+
+
+def test_tool_intent_readies_the_environment_before_the_tool_runs(stack: Stack,
+                                                                  program_id: str) -> None:
+    observed = run_with_env_probe(stack, program_id, ThunderMiddleware(stack.url))
+    started, environments = observed[0]
+    live = [e for e in environments if e["state"] in LIVE]
+    assert live, "after_model's tool intent should have re-created the environment"
+    assert live[0]["created_at"] < started
+
+
+def test_without_tool_intent_nothing_is_readied(stack: Stack, program_id: str) -> None:
+    """The control for the test above: the same run with intents off finds no environment."""
+    observed = run_with_env_probe(stack, program_id,
+                                  ThunderMiddleware(stack.url, send_tool_intent=False))
+    assert not [e for e in observed[0][1] if e["state"] in LIVE]
+
+
+def test_exec_tools_run_in_the_program_environment(stack: Stack, program_id: str) -> None:
+    @tool
+    def shell(command: str) -> str:
+        """Run a shell command in the sandbox."""
+        raise AssertionError("routed tools must run in the environment, not in-process")
+
+    middleware = ThunderMiddleware(stack.url, exec_tools={"shell": "command"},
+                                   preset="local-shell")
+    agent = create_agent(chat_model(stack), [shell], middleware=[middleware],
+                         checkpointer=InMemorySaver())
+    state = agent.invoke({"messages": [{"role": "user", "content": TASK}]},
+                         {"configurable": {"thread_id": program_id}})
+    results = [m for m in state["messages"] if m.type == "tool"]
+    assert results and all(str(m.content).startswith("exit_code: ") for m in results)
+    seen = stack.program(program_id)
+    assert seen["summary"]["tool_s"] > 0  # the sidecar timed the commands it ran
+    assert seen["terminated_reason"] == "released"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -134,3 +135,31 @@ def test_bound_extra_body_survives(stack: Stack, program_id: str) -> None:
     assert step["completion_tokens"] == 450  # ignore_eos arrived: exactly max_tokens
     assert control.usage_metadata is not None
     assert control.usage_metadata["output_tokens"] < 450  # without it the reply ends sooner
+
+
+def test_handler_tool_intent_precedes_the_tools_node(stack: Stack, program_id: str) -> None:
+    observed: list[tuple[float, list[dict[str, Any]]]] = []
+
+    @tool
+    def inspect_sandbox(path: str) -> str:
+        """Inspect a path in the sandbox."""
+        observed.append((time.time(), stack.program(program_id)["environments"]))
+        return "ok"
+
+    stack.client.register(program_id, preset="local-shell")
+    stack.client.remove_environment(program_id)
+    llm = ChatOpenAI(model=MODEL, base_url=stack.openai_base, api_key="EMPTY",  # type: ignore[arg-type]
+                     max_tokens=1024)
+    model = tag_program(llm.bind_tools([inspect_sandbox]))
+    graph = StateGraph(MessagesState)
+    graph.add_node("agent", lambda state: {"messages": [model.invoke(state["messages"])]})
+    graph.add_node("tools", ToolNode([inspect_sandbox]))
+    graph.add_edge(START, "agent")
+    graph.add_conditional_edges("agent", tools_condition)
+    graph.add_edge("tools", "agent")
+    graph.compile().invoke({"messages": [("user", TASK)]},
+                           {"configurable": {"thread_id": program_id},
+                            "callbacks": [ThunderCallbackHandler(stack.url)]})
+    started, environments = observed[0]
+    live = [e for e in environments if e["state"] in ("preparing", "ready")]
+    assert live and live[0]["created_at"] < started

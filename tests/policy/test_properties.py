@@ -212,11 +212,19 @@ class PolicyMachine(RuleBasedStateMachine):
         sched = self.rt.scheduler
         if not any(b.healthy for b in sched.backend_views(self.now)):
             return
-        for view in sched.programs():
-            if view.status is Status.PAUSED and view.waiting_since is not None:
-                # checked at the last call's time: between calls a request can wait longer,
-                # by at most the runtime's tick period
-                assert self.last_call - view.waiting_since < STARVATION_S
+        # checked at the last call's time: between calls a request can wait longer, by at
+        # most the runtime's tick period
+        starved = {
+            view.program_id
+            for view in sched.programs()
+            if view.status is Status.PAUSED
+            and view.waiting_since is not None
+            and self.last_call - view.waiting_since >= STARVATION_S
+        }
+        if not self.cost_aware:
+            assert not starved  # restored regardless, at once
+        else:  # first in the restore order: nobody can be restored before them
+            assert set(sched.restore_order(len(starved))) == starved
 
 
 def _share(view: object, machine: PolicyMachine) -> float:

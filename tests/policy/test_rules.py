@@ -238,28 +238,52 @@ def test_token_hint_wins_over_character_estimate() -> None:
     assert view is not None and view.c == 123
 
 
-def test_shared_prefix_correction_from_kv_usage_admits_more() -> None:
+def test_shared_prefix_is_learned_from_first_calls_and_held_once() -> None:
     rt = published(sharing_alpha=1.0)
-    rt.add_backend("b", 1000, 0.0)
-    for pid in ("p1", "p2"):
-        rt.request(pid, 0.0, 500)
-    assert rt.request("p3", 0.0, 500) == []  # 1500 > 1000
-    # the engine holds only 600 tokens for p1 + p2 (a shared 400-token system prompt)
-    decisions = rt.apply(rt.scheduler.update_backend("b", 0.5, kv_usage=0.6))
-    assert decisions == [Restore("p3", "b")]
-    view = next(iter(rt.scheduler.backend_views(0.5)))
-    assert view.sharing_factor == pytest.approx(0.6)
-    assert view.demand == pytest.approx(0.6 * 1500)
+    rt.add_backend("b", 1200, 0.0)
+    rt.request("p1", 0.0, 500)
+    rt.request("p2", 0.0, 500)
+    # p2's first call found 400 tokens cached: a prefix p1 left (the shared system prompt)
+    rt.done("p2", 1.0, Usage(prompt_tokens=500, completion_tokens=0, cached_tokens=400))
+    view = next(iter(rt.scheduler.backend_views(1.0)))
+    assert view.shared_prefix_tokens == 400
+    # one copy of the prefix + each program's own 100 tokens
+    assert view.demand == pytest.approx(400 + 100 + 100)
+    assert view.sharing_factor == pytest.approx(600 / 1000)
+    # without the correction 1500 > 1200 would queue p3; with it 700 fits
+    assert rt.request("p3", 1.0, 500) == [Restore("p3", "b")]
 
 
-def test_sharing_factor_has_a_floor() -> None:
+def test_later_calls_do_not_teach_the_prefix() -> None:
+    """A program's own history is cached on its later calls: that is not a shared prefix."""
+    rt = published(sharing_alpha=1.0)
+    rt.add_backend("b", 10_000, 0.0)
+    rt.request("p", 0.0, 500)
+    rt.done("p", 1.0, Usage(prompt_tokens=500, completion_tokens=10, cached_tokens=0))
+    rt.request("p", 2.0, 900)
+    rt.done("p", 3.0, Usage(prompt_tokens=900, completion_tokens=10, cached_tokens=500))
+    view = next(iter(rt.scheduler.backend_views(3.0)))
+    assert view.shared_prefix_tokens == 0
+
+
+def test_shared_prefix_correction_has_a_floor() -> None:
     rt = published(sharing_alpha=1.0, min_sharing_factor=0.5)
+    rt.add_backend("b", 10_000, 0.0)
+    rt.request("p1", 0.0, 1000)
+    rt.request("p2", 0.0, 1000)
+    rt.done("p2", 1.0, Usage(prompt_tokens=1000, completion_tokens=0, cached_tokens=1000))
+    view = next(iter(rt.scheduler.backend_views(1.0)))
+    assert view.demand == pytest.approx(0.5 * 2000)  # not 1000 + 0 + 0
+
+
+def test_kv_usage_gauge_is_recorded_but_does_not_scale_demand() -> None:
+    rt = published()
     rt.add_backend("b", 1000, 0.0)
     rt.request("p1", 0.0, 500)
     rt.request("p2", 0.0, 500)
-    rt.apply(rt.scheduler.update_backend("b", 0.5, kv_usage=0.01))
+    rt.apply(rt.scheduler.update_backend("b", 0.5, kv_usage=0.1))
     view = next(iter(rt.scheduler.backend_views(0.5)))
-    assert view.sharing_factor == 0.5
+    assert view.kv_usage == 0.1 and view.demand == 1000
 
 
 def test_unhealthy_backend_is_evacuated_and_programs_restored_elsewhere() -> None:

@@ -189,3 +189,30 @@ async def test_bad_input_leaks_nothing(local_manager: EnvironmentManager, local_
     assert local_manager.describe("t/unready")[0].state is EnvState.FAILED
     assert list(local_root.iterdir()) == []
     assert local_manager.ports.in_use == 0
+
+
+async def test_metrics_follow_the_lifecycle(local_manager: EnvironmentManager) -> None:
+    registry = local_manager.metrics.registry
+
+    def sample(name: str, labels: dict[str, str] | None = None) -> float:
+        return registry.get_sample_value(name, labels or {}) or 0.0
+
+    await local_manager.declare("t/m", parse_spec(
+        {"ports": [80], "readiness": {"command": ["sleep", "0.3"], "timeout_s": 10}}))
+    await local_manager.exec("t/m", "head -c 300000 /dev/zero > blob", timeout_s=10)
+    assert sample("thunder_tool_environments", {"state": "ready"}) == 1
+    assert sample("thunder_tool_env_preparation_seconds_count") == 1
+    assert sample("thunder_tool_env_preparation_seconds_sum") >= 0.3
+    assert sample("thunder_tool_env_readiness_wait_seconds_count") == 1
+    assert sample("thunder_tool_env_readiness_wait_seconds_sum") > 0.1
+    assert sample("thunder_tool_ports_in_use") == 1
+    assert await local_manager.sample_disk() >= 300000
+    assert sample("thunder_tool_disk_bytes") >= 300000
+    await local_manager.reclaim("t/m")
+    assert sample("thunder_tool_environments", {"state": "ready"}) == 0
+    assert sample("thunder_tool_reclaimed_resources_total",
+                  {"kind": "directories", "reason": "release"}) == 1
+    assert sample("thunder_tool_reclaimed_resources_total",
+                  {"kind": "ports", "reason": "release"}) == 1
+    assert sample("thunder_tool_disk_bytes") == 0
+    assert sample("thunder_tool_ports_in_use") == 0

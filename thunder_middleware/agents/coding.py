@@ -50,7 +50,7 @@ def build_coding_agent(base_url: str, model: str, program_id: str,
                        preset: str | None = None, system_prompt: str = SYSTEM_PROMPT,
                        max_tokens: int = 1024, extra_body: Mapping[str, Any] | None = None,
                        streaming: bool = False, checkpointer: Any = None,
-                       tool_timeout_s: float = 60.0) -> Any:
+                       tool_timeout_s: float = 60.0, release_on_end: bool = True) -> Any:
     """A compiled agent for one program. ``base_url`` is the sidecar (root or ``/v1``)."""
     sidecar = control_url(base_url)
     client = client or ThunderClient(sidecar, api_key=None if api_key == "EMPTY" else api_key)
@@ -60,7 +60,7 @@ def build_coding_agent(base_url: str, model: str, program_id: str,
                      extra_body=dict(extra_body) if extra_body else None)
     middleware = ThunderMiddleware(program_id=program_id, client=client,
                                    async_client=async_client, environment=environment,
-                                   preset=preset)
+                                   preset=preset, release_on_end=release_on_end)
     tools = coding_tools(program_id, client, async_client, timeout_s=tool_timeout_s)
     return create_agent(llm, tools, system_prompt=system_prompt, middleware=[middleware],
                         checkpointer=checkpointer, name="thunder_coding_agent")

@@ -1,8 +1,15 @@
 """One backend as the policy sees it: capacity, health, committed demand, learned speeds.
 
 Watermarks live here because they combine three things: the configured lambdas, the cost
-model's overcommit (lambda_eff) and the shared-prefix correction from the engine's own KV
-usage gauge.
+model's overcommit (lambda_eff) and the shared-prefix correction.
+
+Shared prefixes: programs of one fleet share a system prompt, which the engine holds once.
+The correction learns that prefix in tokens from the engine's own report: the cached tokens
+of a program's *first* call (nothing of its own can be cached yet, so every hit is a prefix
+some other program left). Demand then counts one copy of the prefix plus each program's own
+part. An earlier version scaled demand by kv_usage / sum(c); the gauge is read while
+requests queue inside the engine, under-reports, and the scale-down overcommitted, which
+made the engine queue more: a feedback loop the simulator found. The gauge is now only shown.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ class BackendState:
         "name",
         "program_count",
         "rates",
-        "sharing",
+        "shared_prefix",
     )
 
     def __init__(self, name: str, capacity: int, config: PolicyConfig, now: float) -> None:
@@ -40,17 +47,42 @@ class BackendState:
         self._config = config
         self.demand = BackendDemand(config.decay_base, now)
         self.rates = EngineRates(config.rate_alpha, config.attention_context_tokens)
-        self.sharing = Ema(1.0, config.sharing_alpha)
+        self.shared_prefix = Ema(0.0, config.sharing_alpha)
         self.lambda_eff = config.lambda_max
         self.c_total = 0.0  # sum of c over bound programs (mean context for the cost model)
         self.program_count = 0
-        self._below_key: tuple[int, float, float, int] | None = None
+        self._below_key: tuple[int, float, float, int, float] | None = None
         self._below_at = float("-inf")
 
     # --- demand in watermark units -----------------------------------------------------
+    @property
+    def shared(self) -> float:
+        return self.shared_prefix.value
+
     def committed(self, now: float) -> float:
-        """Committed demand corrected for shared prefixes (what the watermarks compare)."""
-        return self.sharing.value * self.demand.raw(now)
+        """Committed demand corrected for the shared prefix (what the watermarks compare).
+
+        Never below min_sharing_factor of the raw demand: a prefix learned from a few calls
+        must not talk the policy into a large overcommit.
+        """
+        raw = self.demand.raw(now)
+        shared = self.shared
+        if not shared:
+            return raw
+        corrected = self.demand.committed(now, shared)
+        floor = self._config.min_sharing_factor * raw
+        return corrected if corrected > floor else floor
+
+    def occupied(self, now: float) -> float:
+        """Committed demand plus what marked programs still hold until their call ends.
+
+        Pauses compare ``committed`` (a marked program is already leaving: counting it would
+        pause a second program for the same excess); restores compare ``occupied`` (its
+        memory is not free yet: filling it would make the engine preempt).
+        """
+        demand = self.demand
+        held = demand.marked_sum - self.shared * demand.marked_count
+        return self.committed(now) + (held if held > 0.0 else 0.0)
 
     @property
     def high_watermark(self) -> float:
@@ -62,42 +94,35 @@ class BackendState:
         shift = self.lambda_eff - self._config.lambda_max
         return (self._config.lambda_min + shift) * self.capacity
 
-    def room_raw(self, now: float) -> float:
-        """Uncorrected tokens that still fit under the high watermark (may be negative)."""
-        return (self.high_watermark - self.committed(now)) / self.sharing.value
-
-    def below_low_from(self) -> float:
-        """Earliest time the committed demand can be under the low watermark by decay alone.
-
-        Cached until the demand, the watermark or the sharing factor changes: the restore
-        pass after every event skips a backend in O(1) until then, instead of re-evaluating
-        the decaying sum of every backend on every event.
-        """
-        key = (self.demand.version, self.lambda_eff, self.sharing.value, self.capacity)
-        if key != self._below_key:
-            reasoning = max(self.demand.reasoning_sum, 0.0)
-            target = self.low_watermark / self.sharing.value - reasoning
-            # a hair early: the exact comparison is made when the time comes
-            self._below_at = self.demand.acting.time_below(target) - 1e-6
-            self._below_key = key
-        return self._below_at
-
     def over(self, now: float) -> bool:
         return self.committed(now) > self.high_watermark
 
-    # --- learning ------------------------------------------------------------------------
-    def observe_kv_usage(self, kv_usage: float, held_reasoning: float, held_count: int) -> None:
-        """Update the shared-prefix factor from the engine's gauge.
+    def below_low_from(self) -> float:
+        """Earliest time the occupied demand can be under the low watermark by decay alone.
 
-        Only in-flight requests hold referenced blocks (cached free blocks count as free in
-        vLLM's gauge), so the gauge is compared with the c of the reasoning programs. With
-        fewer than two of them nothing can be shared and the sample says nothing.
+        Cached until the demand, the watermark or the prefix changes: the restore pass after
+        every event skips a backend in O(1) until then, instead of re-evaluating every
+        backend's decaying sum on every event. Ignores the min_sharing_factor floor, which
+        only makes the estimate early (the exact comparison is made when the time comes).
         """
-        self.kv_usage = kv_usage
-        if held_count < 2 or held_reasoning <= 0.0 or self.capacity <= 0:
-            return
-        ratio = kv_usage * self.capacity / held_reasoning
-        self.sharing.update(min(max(ratio, self._config.min_sharing_factor), 1.0))
+        demand = self.demand
+        shared = self.shared
+        key = (demand.version, self.lambda_eff, shared, self.capacity, demand.acting.base)
+        if key != self._below_key:
+            counted = demand.reasoning_count
+            fixed = max(demand.reasoning_sum - shared * counted, 0.0)
+            fixed += max(demand.marked_sum - shared * demand.marked_count, 0.0)
+            if shared and (counted or len(demand.acting)):
+                fixed += shared
+            target = self.low_watermark - fixed
+            self._below_at = demand.acting.time_below(target, shared) - 1e-6
+            self._below_key = key
+        return self._below_at
+
+    # --- learning ------------------------------------------------------------------------
+    def observe_first_call(self, cached_tokens: int, prompt_tokens: int) -> None:
+        """A program's first call: its cached tokens are a prefix shared with others."""
+        self.shared_prefix.update(float(max(min(cached_tokens, prompt_tokens), 0)))
 
     def refresh_lambda(self, reasoning_s: float, tool_s: float, fallback_context: float) -> None:
         """Recompute lambda_eff from the cost model (see cost.py); lambda_max when unsure."""
@@ -108,6 +133,8 @@ class BackendState:
         mean_context = (
             self.c_total / self.program_count if self.program_count else fallback_context
         )
+        # the shared prefix stays cached whoever is evicted: only the own part is at stake
+        mean_context -= min(self.shared, 0.9 * mean_context)
         if mean_context <= 0.0 or self.capacity <= 0:
             return
         recompute = self.rates.recompute_s(mean_context)

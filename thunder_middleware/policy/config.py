@@ -42,11 +42,12 @@ class PolicyConfig(BaseModel):
         description="High watermark: pauses happen while demand > lambda_max * C (published 1.0).",
     )
     starvation_bound_s: float = Field(
-        default=120.0,
+        default=300.0,
         gt=0,
-        description="A request waiting at the gate longer than this is restored regardless: "
-        "several agent steps (10-30 s each in the SWE-agent/OpenHands shapes), so forced "
-        "restores are rare under normal rotation yet no client waits unboundedly.",
+        description="A request waiting at the gate longer than this is restored regardless "
+        "(cost-aware: first in the restore order): ~10 agent steps of 10-30 s. At 6x "
+        "overload a fair rotation alone makes programs wait ~100 s, so a shorter bound "
+        "turns the safety net into constant forced overcommit (measured in the simulator).",
     )
     idle_timeout_s: float = Field(
         default=600.0,
@@ -126,6 +127,14 @@ class PolicyConfig(BaseModel):
         le=1,
         description="EMA weight of each observed reasoning and tool duration (the cost model's "
         "step cycle): tool times are heavy-tailed, so average over ~10 steps.",
+    )
+    decay_tool_halflives: float = Field(
+        default=1.5,
+        gt=0,
+        description="Cost-aware: half-life of f(t) in units of the learned mean tool time "
+        "(x = 2^(1 / (k * T))), never decaying faster than decay_base. 1.5 keeps the memory "
+        "of a typical tool call until it returns (the simulator's SWE-agent shape, mean tool "
+        "2.6 s, did best near x = 1.2, i.e. k ~ 1.5).",
     )
     default_tool_s: float = Field(
         default=5.0,

@@ -28,15 +28,20 @@ def decay(base: float, elapsed_s: float) -> float:
 
 
 class DecayingSum:
-    """sum of c_q * x^-(now - t_q) over a changing set, O(1) per update and per read."""
+    """sum of c_q * x^-(now - t_q) (and of x^-(now - t_q)) over a changing set, O(1) each.
 
-    __slots__ = ("_ln_base", "_members", "_ref", "_scaled")
+    The second sum, the decayed *count*, is what the shared-prefix correction needs: every
+    program that counts shares the system prompt, acting ones in proportion to f(t).
+    """
+
+    __slots__ = ("_count", "_ln_base", "_members", "_ref", "_scaled")
 
     def __init__(self, base: float, now: float = 0.0) -> None:
         self._ln_base = math.log(base)
         self._members: dict[str, tuple[float, float]] = {}
         self._ref = now
         self._scaled = 0.0  # sum c_q * x^(t_q - ref)
+        self._count = 0.0  # sum x^(t_q - ref)
 
     def __len__(self) -> int:
         return len(self._members)
@@ -44,48 +49,77 @@ class DecayingSum:
     def __contains__(self, key: object) -> bool:
         return key in self._members
 
-    def _weight(self, c: float, since: float) -> float:
-        return c * math.exp(self._ln_base * (since - self._ref))
+    @property
+    def base(self) -> float:
+        return math.exp(self._ln_base)
+
+    def _factor(self, since: float) -> float:
+        return math.exp(self._ln_base * (since - self._ref))
+
+    def _recompute(self, now: float) -> None:
+        self._ref = now
+        factors = [(c, self._factor(t)) for c, t in self._members.values()]
+        self._scaled = math.fsum(c * f for c, f in factors)
+        self._count = math.fsum(f for _, f in factors)
 
     def _maybe_rebase(self, now: float) -> None:
         if (now - self._ref) * self._ln_base > _REBASE_EXPONENT:
-            self._ref = now
-            self._scaled = math.fsum(self._weight(c, t) for c, t in self._members.values())
+            self._recompute(now)
+
+    def set_base(self, base: float, now: float) -> None:
+        """Change x (the cost model adapts it to the learned tool time): O(members)."""
+        self._ln_base = math.log(base)
+        self._recompute(now)
 
     def add(self, key: str, c: float, since: float) -> None:
         self.discard(key)
         self._maybe_rebase(since)
         self._members[key] = (c, since)
-        self._scaled += self._weight(c, since)
+        f = self._factor(since)
+        self._scaled += c * f
+        self._count += f
 
     def discard(self, key: str) -> None:
         entry = self._members.pop(key, None)
         if entry is None:
             return
         if not self._members:
-            self._scaled = 0.0  # reset exactly: no rounding residue survives an empty set
+            # reset exactly: no rounding residue survives an empty set
+            self._scaled = self._count = 0.0
             return
-        self._scaled -= self._weight(*entry)
+        f = self._factor(entry[1])
+        self._scaled -= entry[0] * f
+        self._count -= f
 
-    def value(self, now: float) -> float:
+    def value(self, now: float, shared: float = 0.0) -> float:
+        """sum (c_q - shared) * f(now - t_q), never negative."""
         if not self._members:
             return 0.0
         self._maybe_rebase(now)
-        total = self._scaled * math.exp(-self._ln_base * (now - self._ref))
+        total = (self._scaled - shared * self._count) * math.exp(-self._ln_base * (now - self._ref))
         return total if total > 0.0 else 0.0
 
-    def time_below(self, target: float) -> float:
-        """Earliest time at which the sum falls below ``target`` with no further changes.
+    def count(self, now: float) -> float:
+        """sum f(now - t_q): how many programs the acting ones amount to."""
+        if not self._members:
+            return 0.0
+        self._maybe_rebase(now)
+        total = self._count * math.exp(-self._ln_base * (now - self._ref))
+        return total if total > 0.0 else 0.0
+
+    def time_below(self, target: float, shared: float = 0.0) -> float:
+        """Earliest time at which value(t, shared) < target with no further changes.
 
         -inf if it already is (or is empty and target > 0), +inf if it never will be.
         """
-        if not self._members or self._scaled <= 0.0:
+        scaled = self._scaled - shared * self._count
+        if not self._members or scaled <= 0.0:
             return float("-inf") if target > 0.0 else float("inf")
         if target <= 0.0:
             return float("inf")
         if self._ln_base == 0.0:
-            return float("-inf") if self._scaled < target else float("inf")
-        return self._ref + math.log(self._scaled / target) / self._ln_base
+            return float("-inf") if scaled < target else float("inf")
+        return self._ref + math.log(scaled / target) / self._ln_base
 
     def get(self, key: str) -> tuple[float, float] | None:
         """(c, since) of a member."""
@@ -121,6 +155,7 @@ class BackendDemand:
         "_reasoning",
         "_reasoning_by_c",
         "acting",
+        "marked_sum",
         "reasoning_sum",
         "version",
     )
@@ -132,14 +167,19 @@ class BackendDemand:
         self._acting_by_c: SortedList = SortedList()
         self._reasoning_by_c: SortedList = SortedList()
         self.reasoning_sum = 0.0
+        self.marked_sum = 0.0  # c of marked programs: leaving, but holding KV until done
         # (now, demand) of the last read: one event reads every backend's demand several
         # times at the same now; any mutation clears it
-        self._cached: tuple[float, float] | None = None
+        self._cached: tuple[float, float, float] | None = None
         self.version = 0  # bumped by every mutation: lets readers cache derived values
 
     @property
     def reasoning_count(self) -> int:
         return len(self._reasoning) - len(self._marked)
+
+    @property
+    def marked_count(self) -> int:
+        return len(self._marked)
 
     @property
     def unmarked_count(self) -> int:
@@ -189,6 +229,12 @@ class BackendDemand:
             self._marked.add(key)
             self._reasoning_by_c.remove((c, key))
             self.reasoning_sum -= c
+            self.marked_sum += c
+
+    def set_decay_base(self, base: float, now: float) -> None:
+        self._cached = None
+        self.version += 1
+        self.acting.set_base(base, now)
 
     def is_marked(self, key: str) -> bool:
         return key in self._marked
@@ -211,6 +257,7 @@ class BackendDemand:
             return
         if key in self._marked:
             self._marked.discard(key)
+            self.marked_sum = self.marked_sum - c if self._marked else 0.0
         else:
             self._reasoning_by_c.remove((c, key))
             self.reasoning_sum -= c
@@ -218,11 +265,22 @@ class BackendDemand:
             self.reasoning_sum = 0.0
 
     def raw(self, now: float) -> float:
-        """Committed demand before the shared-prefix correction."""
+        """sum of c over reasoning programs + sum of c * f(t) over acting ones (DESIGN 3)."""
+        return self.committed(now, 0.0)
+
+    def committed(self, now: float, shared: float) -> float:
+        """Demand when every program shares a ``shared``-token prefix held once.
+
+        One copy of the prefix plus each program's own part: reasoning programs count
+        c - shared, acting ones (c - shared) * f(t). With shared = 0 this is raw().
+        """
         cached = self._cached
-        if cached is not None and cached[0] == now:
-            return cached[1]
-        reasoning = self.reasoning_sum
-        value = (reasoning if reasoning > 0.0 else 0.0) + self.acting.value(now)
-        self._cached = (now, value)
+        if cached is not None and cached[0] == now and cached[1] == shared:
+            return cached[2]
+        counted = self.reasoning_count
+        reasoning = self.reasoning_sum - shared * counted
+        value = (reasoning if reasoning > 0.0 else 0.0) + self.acting.value(now, shared)
+        if shared and (counted or len(self.acting)):
+            value += shared
+        self._cached = (now, shared, value)
         return value

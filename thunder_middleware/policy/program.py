@@ -19,6 +19,7 @@ class RestoreClass(IntEnum):
     too but has waited less in total; a paused acting program blocks nobody yet.
     """
 
+    STARVING = -1
     REASONING = 0
     NEW = 1
     ACTING = 2
@@ -37,6 +38,7 @@ class ProgramRecord:
     waiting: int = 0
     inflight: int = 0
     marked: bool = False
+    starving: bool = False  # waited past the bound: first in the restore order
     ever_bound: bool = False
     acting_since: float = 0.0
     waiting_since: float | None = None  # first gate arrival still waiting (starvation clock)
@@ -53,6 +55,8 @@ class ProgramRecord:
 
     @property
     def restore_class(self) -> RestoreClass:
+        if self.waiting > 0 and self.starving:
+            return RestoreClass.STARVING
         if self.waiting > 0:
             return RestoreClass.REASONING if self.ever_bound else RestoreClass.NEW
         return RestoreClass.ACTING

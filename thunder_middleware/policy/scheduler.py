@@ -53,6 +53,8 @@ class ProgramScheduler:
         self._reasoning_s = Ema(self.config.default_reasoning_s, self.config.duration_alpha)
         self._tool_s = Ema(self.config.default_tool_s, self.config.duration_alpha)
         self._context = Ema(0.0, self.config.duration_alpha)
+        self._completion = Ema(0.0, self.config.duration_alpha)
+        self._decay_base = self.config.decay_base
         self._now = float("-inf")
         # paused for pressure during the current call: not restored again by the same call
         self._paused_in_call: set[str] = set()
@@ -85,10 +87,7 @@ class ProgramScheduler:
         if capacity_tokens is not None:
             backend.capacity = capacity_tokens
         if kv_usage is not None:
-            held = [self._programs[pid] for pid in backend.demand.reasoning_ids()]
-            backend.observe_kv_usage(
-                kv_usage, sum(p.c for p in held if p.inflight), sum(1 for p in held if p.inflight)
-            )
+            backend.kv_usage = kv_usage  # shown only: see backend.py on why it is not trusted
         if healthy is not None and healthy != backend.healthy:
             backend.healthy = healthy
             if not healthy:
@@ -162,10 +161,14 @@ class ProgramScheduler:
         if rec is None or rec.inflight == 0:
             return self._settle(now, out, [])
         rec.inflight -= 1
+        first_call = rec.steps == 0
         rec.steps += 1
         backend = self._backends.get(rec.backend) if rec.backend is not None else None
         if usage is not None:
             tokens = usage.prompt_tokens + usage.completion_tokens
+            self._completion.update(float(usage.completion_tokens))
+            if first_call and backend is not None:
+                backend.observe_first_call(usage.cached_tokens, usage.prompt_tokens)
             self._chars_per_token.observe(rec.last_prompt_chars, usage.prompt_tokens)
             self._context.update(float(tokens))
             self._reasoning_s.update(
@@ -195,6 +198,7 @@ class ProgramScheduler:
         rec.waiting -= 1
         if rec.waiting == 0:
             rec.waiting_since = None
+            rec.starving = False
             if rec.inflight == 0:
                 rec.acting_since = now
                 self._idle[program_id] = now
@@ -220,6 +224,7 @@ class ProgramScheduler:
             self._forget(program_id)
             out.append(Expire(program_id))
         fallback = self._context.value if self._context.samples else 0.0
+        self._adapt_decay(now)
         for backend in self._backends.values():
             backend.refresh_lambda(self._reasoning_s.value, self._tool_s.value, fallback)
         return self._settle(now, out, list(self._backends.values()))
@@ -246,6 +251,25 @@ class ProgramScheduler:
     def learned_step_shape(self) -> tuple[float, float]:
         """(mean reasoning seconds, mean tool seconds) as the cost model sees them."""
         return self._reasoning_s.value, self._tool_s.value
+
+    def _adapt_decay(self, now: float) -> None:
+        """Cost-aware: the decay's half-life follows the learned mean tool time.
+
+        f(t) = x^-t gives an acting program's memory away after a few half-lives; with the
+        published x = 2 (half-life 1 s) a 0.5-10 s tool loses its cache before it returns.
+        Half-life = decay_tool_halflives * mean tool time keeps the memory of programs that
+        are likely to come back soon and still frees that of long tools. Re-based only
+        when x moves by more than 5 %, since it costs O(programs).
+        """
+        if not self.config.cost_aware or self._tool_s.samples < self.config.cost_min_samples:
+            return
+        halflife = self.config.decay_tool_halflives * max(self._tool_s.value, 0.05)
+        base = min(max(2.0 ** (1.0 / halflife), 1.0 + 1e-6), self.config.decay_base)
+        if abs(base - self._decay_base) <= 0.05 * (self._decay_base - 1.0):
+            return
+        self._decay_base = base
+        for backend in self._backends.values():
+            backend.demand.set_decay_base(base, now)
 
     # --- the pass after every event ------------------------------------------------------
     def _begin(self, now: float) -> float:
@@ -288,6 +312,18 @@ class ProgramScheduler:
                 return
             self._pause(self._programs[pid], now, out, again_this_call=False)  # leaves `acting`
         reasoning = demand.reasoning_by_c()
+        if self.config.cost_aware:
+            # a marked program frees nothing until its call ends, while the engine must hold
+            # everyone now: first hold back requests not yet sent (an arrival waits at the
+            # gate), and mark in-flight programs only if that is not enough
+            for _, pid in list(reasoning):
+                if not backend.over(now):
+                    return
+                rec = self._programs[pid]
+                if rec.inflight == 0 and pid not in protected:
+                    if not self._others_count(backend, pid, now):
+                        return
+                    self._pause(rec, now, out, again_this_call=False)
         index = 0
         while index < len(reasoning) and backend.over(now):
             _, pid = reasoning[index]
@@ -316,14 +352,27 @@ class ProgramScheduler:
         )
 
     def _rescue_starving(self, now: float, out: list[Decision]) -> None:
-        """Restore regardless any request that waited past the bound, then make room for it."""
+        """A request that waited past the bound is restored regardless of class and c.
+
+        Published policy: at once, to the backend with most room, making room there by the
+        usual pauses. Cost-aware: it goes to the head of the restore order instead, so it
+        is the very next program restored and nobody overtakes it, without forcing the
+        engine into an overcommit (at 6x overload a forced restore every few seconds was
+        measured to keep the engine preempting).
+        """
         starving = self._queue.waiting_since_before(now - self.config.starvation_bound_s)
         for pid in starving:
+            rec = self._programs[pid]
+            if self.config.cost_aware:
+                if not rec.starving:
+                    rec.starving = True
+                    self._queue.reclassify(rec)
+                continue
             healthy = [b for b in self._backends.values() if b.healthy]
             if not healthy:
                 return
-            target = min(healthy, key=lambda b: (-b.room_raw(now), b.name))
-            self._restore(self._programs[pid], target, now, out)
+            target = min(healthy, key=lambda b: (b.occupied(now) - b.high_watermark, b.name))
+            self._restore(rec, target, now, out)
             self._relieve(target, now, out, frozenset((pid,)))
 
     def _restore_pass(self, now: float, out: list[Decision]) -> None:
@@ -339,10 +388,10 @@ class ProgramScheduler:
         for b in self._backends.values():
             if not b.healthy or now < b.below_low_from():
                 continue
-            committed = b.committed(now)
-            if committed < b.low_watermark:
-                room = (b.high_watermark - committed) / b.sharing.value
-                bins.append(Bin(b.name, max(room, 0.0), committed < _NEGLIGIBLE_TOKENS))
+            occupied = b.occupied(now)
+            if occupied < b.low_watermark:
+                room = b.high_watermark - occupied
+                bins.append(Bin(b.name, max(room, 0.0), occupied < _NEGLIGIBLE_TOKENS))
         if not bins:
             return
         room = sum(b.room for b in bins)
@@ -364,16 +413,25 @@ class ProgramScheduler:
             self._restore(self._programs[pid], self._backends[name], now, out)
 
     # --- state transitions ---------------------------------------------------------------
+    def _reasoning_footprint(self, rec: ProgramRecord) -> float:
+        """c of a reasoning program; cost-aware, plus the output it is about to decode.
+
+        c is what the program holds when its call starts; by the end it holds the learned
+        mean completion more (a few hundred tokens per program, which at 100 reasoning
+        programs is a whole backend's headroom).
+        """
+        return rec.c + self._completion.value if self.config.cost_aware else rec.c
+
     def _need(self, rec: ProgramRecord, now: float) -> float:
         """Raw tokens the program adds to a backend's demand if bound now."""
         if rec.waiting or rec.inflight:
-            return rec.c
-        return rec.c * decay(self.config.decay_base, now - rec.acting_since)
+            return self._reasoning_footprint(rec)
+        return rec.c * decay(self._decay_base, now - rec.acting_since)
 
     def _account(self, rec: ProgramRecord, backend: BackendState) -> None:
         """Enter the program's current phase and c into its backend's demand sums."""
         if rec.waiting or rec.inflight:
-            backend.demand.set_reasoning(rec.program_id, rec.c)
+            backend.demand.set_reasoning(rec.program_id, self._reasoning_footprint(rec))
         else:
             backend.demand.set_acting(rec.program_id, rec.c, rec.acting_since)
 
@@ -396,6 +454,7 @@ class ProgramScheduler:
         rec.backend = backend.name
         rec.ever_bound = True
         rec.queued_since = None
+        rec.starving = False
         rec.restores += 1
         backend.c_total += rec.c
         backend.program_count += 1
@@ -482,7 +541,8 @@ def _backend_view(b: BackendState, now: float) -> BackendView:
         high_watermark=b.high_watermark,
         low_watermark=b.low_watermark,
         lambda_eff=b.lambda_eff,
-        sharing_factor=b.sharing.value,
+        sharing_factor=(b.committed(now) / raw) if (raw := b.demand.raw(now)) > 0 else 1.0,
+        shared_prefix_tokens=b.shared,
         kv_usage=b.kv_usage,
         programs=b.program_count,
         reasoning_programs=b.demand.reasoning_count,

@@ -41,9 +41,10 @@ class BackendView:
     high_watermark: float  # lambda_eff * C: above it, programs are paused
     low_watermark: float  # restores happen below it
     lambda_eff: float  # lambda_max unless the cost model allows overcommit
-    sharing_factor: float  # engine-held / sum of c, from kv_usage (1.0 = no sharing seen)
+    sharing_factor: float  # committed / raw demand after the shared-prefix correction
     kv_usage: float | None  # the engine's last reported gauge (0..1)
     programs: int  # programs bound here
     reasoning_programs: int
     prefill_rate: float | None  # learned, linear-token units per second
     decode_rate: float | None  # learned, output tokens per second per request
+    shared_prefix_tokens: float = 0.0  # learned prefix all programs share (held once)

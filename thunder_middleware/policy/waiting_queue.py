@@ -13,7 +13,7 @@ from itertools import count
 
 from sortedcontainers import SortedList
 
-from thunder_middleware.policy.program import ProgramRecord
+from thunder_middleware.policy.program import ProgramRecord, RestoreClass
 
 _OrderKey = tuple[int, float, int, str]
 _WaitKey = tuple[float, int, str]
@@ -40,10 +40,15 @@ class WaitingQueue:
     def push(self, record: ProgramRecord) -> None:
         """Enqueue (or re-key) a program; its class and c decide its place."""
         self.remove(record.program_id)
-        key = (int(record.restore_class), record.c, next(self._seq), record.program_id)
+        restore_class = record.restore_class
+        # starving programs go oldest first; every other class smallest c first
+        size = (
+            record.waiting_since or 0.0 if restore_class is RestoreClass.STARVING else record.c
+        )
+        key = (int(restore_class), size, next(self._seq), record.program_id)
         self._order.add(key)
         self._order_keys[record.program_id] = key
-        if record.waiting > 0 and record.waiting_since is not None:
+        if record.waiting > 0 and record.waiting_since is not None and not record.starving:
             wkey = (record.waiting_since, key[2], record.program_id)
             self._wait.add(wkey)
             self._wait_keys[record.program_id] = wkey
@@ -77,7 +82,11 @@ class WaitingQueue:
         return [key[3] for key in self._order.islice(0, max(limit, 0))]
 
     def waiting_since_before(self, deadline: float) -> list[str]:
-        """Programs whose request has waited at the gate since before ``deadline``."""
+        """Programs whose request has waited at the gate since before ``deadline``.
+
+        Programs already flagged as starving are not in this index any more, so a backlog
+        of starving programs costs nothing per event.
+        """
         out: list[str] = []
         for since, _, program_id in self._wait:
             if since > deadline:

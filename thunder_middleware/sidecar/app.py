@@ -60,7 +60,7 @@ def create_app(
         prep_ahead=settings.prep_ahead,
     )
     link = environment_link if environment_link is not None else environment_link_for(
-        settings, runtime)
+        settings, runtime, metrics.registry)
     runtime.environments = link.manager if link.enabled else None
     metrics.attach_state(StateCollector(
         programs=runtime.scheduler.programs,
@@ -88,6 +88,7 @@ def create_app(
     app.state.proxy = Proxy(runtime, metrics)
     app.state.environment_link = link
     install_error_handlers(app)
+    link.install_error_handler(app)
     app.include_router(openai_router)
     app.include_router(programs_router)
     app.include_router(link.router())

@@ -2,9 +2,9 @@
 
 Environments are optional: with ``--env-provider none`` (or when the provider cannot be
 built) every environment route answers 501 with a clear message and nothing else changes.
-When a manager exists, its router is mounted and the hooks below connect it to the
+When a manager exists, its router is mounted and :class:`EnvironmentHooks` connect it to the
 runtime: tenant-namespaced keys, program status, registration on first sight and tool time
-on the timeline.
+on the timeline. The runtime calls ``prepare`` and ``reclaim`` on program events.
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
 
 from thunder_middleware.sidecar.errors import APIError
-from thunder_middleware.sidecar.identity import namespaced, validate_program_id
+from thunder_middleware.sidecar.identity import namespaced, split_key, validate_program_id
 from thunder_middleware.sidecar.runtime import SchedulerRuntime
 from thunder_middleware.sidecar.settings import SidecarSettings
 from thunder_middleware.sidecar.tenancy import resolve_tenant
@@ -32,8 +34,8 @@ def disabled_router() -> APIRouter:
     """The environment routes of contract 3, answering 501 when environments are off."""
     router = APIRouter()
 
-    @router.put("/programs/{program_id}/environment")
-    async def declare_environment(program_id: str) -> None:
+    @router.api_route("/programs/{program_id}/environment", methods=["GET", "PUT", "DELETE"])
+    async def environment(program_id: str) -> None:
         raise _disabled()
 
     @router.post("/programs/{program_id}/tool-intent")
@@ -50,62 +52,88 @@ def disabled_router() -> APIRouter:
 class EnvironmentLink:
     """An optional EnvironmentManager plus the router and hooks that expose it."""
 
-    def __init__(self, manager: Any | None = None, hooks: Any | None = None,
-                 router_factory: Any | None = None) -> None:
+    def __init__(self, manager: Any | None = None, hooks: Any | None = None) -> None:
         self.manager = manager
         self.hooks = hooks
-        self._router_factory = router_factory
 
     @property
     def enabled(self) -> bool:
         return self.manager is not None
 
     def router(self) -> APIRouter:
-        if self.manager is None or self._router_factory is None:
+        if self.manager is None or self.hooks is None:
             return disabled_router()
-        router: APIRouter = self._router_factory(self.manager, self.hooks)
+        from thunder_middleware.tools import environment_router
+
+        router: APIRouter = environment_router(self.manager, self.hooks)
         return router
+
+    def install_error_handler(self, app: FastAPI) -> None:
+        """Environment errors (bad spec 400, unknown preset, engine down...) as OpenAI JSON."""
+        if self.manager is None:
+            return
+        from thunder_middleware.tools import ToolEnvironmentError, error_response
+
+        async def handle(_: Request, exc: Exception) -> JSONResponse:
+            assert isinstance(exc, ToolEnvironmentError)
+            return error_response(exc)
+
+        app.add_exception_handler(ToolEnvironmentError, handle)
 
     async def start(self) -> None:
         if self.manager is not None:
-            await self.manager.start()
+            reaped = await self.manager.start()
+            log.warning("environments: %s provider, orphans reaped: %s",
+                        self.manager.provider.name, reaped)
 
     async def close(self) -> None:
         if self.manager is not None:
             await self.manager.close()
 
-    async def declare_and_prepare(self, key: str, spec: dict[str, Any] | None,
-                                  preset: str | None) -> None:
+    async def declare(self, key: str, spec: dict[str, Any] | None, preset: str | None) -> Any:
+        """Declare (and start preparing at once) the environment of a registering program."""
         if self.manager is None:
             raise _disabled()
-        await self.manager.declare(key, _env_spec(spec, preset))
-        await self.manager.prepare(key)
+        from thunder_middleware.tools import default_presets, resolve_spec
+
+        body: dict[str, Any] = dict(spec or {})
+        if preset is not None:
+            body["preset"] = preset
+        return await self.manager.declare(key, resolve_spec(body, default_presets()))
 
 
-def _env_spec(spec: dict[str, Any] | None, preset: str | None) -> Any:
-    from thunder_middleware.tools import specs
+def make_hooks(runtime: SchedulerRuntime, max_length: int) -> Any:
+    """The four hooks the environment router needs, implemented on the runtime."""
+    from thunder_middleware.tools import EnvironmentHooks
 
-    body: dict[str, Any] = dict(spec or {})
-    if preset is not None:
-        body["preset"] = preset
-    return specs.resolve_spec(body, specs.default_presets())
-
-
-def program_key_hook(runtime: SchedulerRuntime, max_length: int) -> Any:
     async def program_key(request: Request, program_id: str) -> str:
         tenant = await resolve_tenant(request)
         return namespaced(tenant, validate_program_id(program_id, "program_id", max_length))
 
-    return program_key
+    async def ensure_program(key: str) -> None:
+        if key not in runtime.registry.live:
+            runtime.register(key)
+
+    def record_tool_time(key: str, started_at: float, duration_s: float) -> None:
+        program = runtime.registry.live.get(key)
+        if program is not None:
+            program.timeline.record_tool_time(duration_s)
+
+    return EnvironmentHooks(program_key=program_key, program_status=runtime.program_status,
+                            ensure_program=ensure_program, record_tool_time=record_tool_time)
 
 
-def environment_link_for(settings: SidecarSettings, runtime: SchedulerRuntime) -> EnvironmentLink:
+def environment_link_for(settings: SidecarSettings, runtime: SchedulerRuntime,
+                         registry: CollectorRegistry | None = None) -> EnvironmentLink:
     """Build the manager for ``settings.env_provider``; disabled when it is 'none'."""
     if settings.env_provider == "none":
         return EnvironmentLink()
-    try:
-        from thunder_middleware.tools import router as tools_router  # noqa: F401
-    except ImportError as exc:
-        log.warning("environments disabled: the tools package is not available (%s)", exc)
-        return EnvironmentLink()
-    return EnvironmentLink()
+    from thunder_middleware.tools import EnvironmentManager, make_provider
+
+    manager = EnvironmentManager(
+        make_provider(settings.env_provider),
+        registry=registry,
+        program_status=runtime.program_status,
+        exec_path=lambda key: f"/programs/{split_key(key)[1]}/exec",
+    )
+    return EnvironmentLink(manager, make_hooks(runtime, settings.max_program_id_length))

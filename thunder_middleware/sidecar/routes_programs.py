@@ -87,12 +87,10 @@ async def register_program(body: RegisterProgram, request: Request,
     if wants_environment and runtime.environments is None:
         raise APIError(501, "no environment provider is configured (--env-provider none)",
                        param="environment", code="environments_disabled")
-    spec = body.environment if body.environment is not None else (
-        {"preset": body.preset} if body.preset else None)
-    program = runtime.register(key, spec)
-    if wants_environment:
-        await request.app.state.environment_link.declare_and_prepare(key, body.environment,
-                                                                     body.preset)
+    if wants_environment:  # validate the spec before the program exists: a 400 leaks nothing
+        await request.app.state.environment_link.declare(key, body.environment, body.preset)
+    spec = body.environment if body.environment is not None else {"preset": body.preset}
+    program = runtime.register(key, spec if wants_environment else None)
     return describe(runtime, program, timeline=False)
 
 

@@ -54,7 +54,7 @@ class EnvironmentPort(Protocol):
 
     async def prepare(self, program_key: str) -> None: ...
 
-    async def reclaim(self, program_key: str) -> Any: ...
+    async def reclaim(self, program_key: str, reason: str = "release") -> Any: ...
 
     def describe(self, program_key: str) -> list[Any]: ...
 
@@ -244,6 +244,12 @@ class SchedulerRuntime:
         assert ended is not None or program is None
         return ended or program  # type: ignore[return-value]
 
+    def program_status(self, key: str) -> str | None:
+        """"live", "terminated" or None (never seen): what the environment manager asks."""
+        if key in self.registry.live:
+            return "live"
+        return "terminated" if key in self.registry.ended else None
+
     def program_view(self, key: str) -> ProgramView | None:
         return self.scheduler.program(key)
 
@@ -294,7 +300,8 @@ class SchedulerRuntime:
         else:
             self._save(program)
         if self.environments is not None and not program.anonymous:
-            self._spawn(self.environments.reclaim(key), f"reclaim {key}")
+            final = "release" if reason == "released" else "terminated"
+            self._spawn(self.environments.reclaim(key, final), f"reclaim {key}")
         return program
 
     # --- backends (PoolListener) ---------------------------------------------------------
@@ -332,9 +339,10 @@ class SchedulerRuntime:
         self.apply(self.scheduler.tick(self.now()))
         self._expire_unseen()
         if self.environments is not None and self.prep_ahead:
+            # paused programs about to be restored: start their environments now, so the
+            # memory grant and the tool environment arrive together
             for key in self.scheduler.restore_order(self.prep_ahead):
-                program = self.registry.live.get(key)
-                if program is not None and program.environment_spec is not None:
+                if key in self.registry.live:
                     self._spawn(self.environments.prepare(key), f"prepare {key}")
 
     def _expire_unseen(self) -> None:

@@ -27,6 +27,7 @@ from thunder_middleware.policy.types import (
     CallTiming,
     Decision,
     Expire,
+    MarkForPause,
     Pause,
     Restore,
     Usage,
@@ -166,6 +167,8 @@ class Harness:
                     self._dispatch(agent, decision.backend)
             elif isinstance(decision, Pause):
                 self.metrics.pauses += 1
+            elif isinstance(decision, MarkForPause):
+                self.metrics.marks += 1
             elif isinstance(decision, Expire):
                 # An agent of this harness is never idle past a timeout; if the policy says
                 # so anyway, it is a policy bug worth seeing in the numbers, not hiding.

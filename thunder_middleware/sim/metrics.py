@@ -32,6 +32,7 @@ class RunResult:
     env_wait_s: float  # mean per program that reached its first tool call
     pauses: int
     restores: int
+    marks: int  # MarkForPause decisions (pause a reasoning program when its call ends)
     programs_finished: int
     engine_steps: int
     cpu_s: float
@@ -56,6 +57,7 @@ class MetricsRecorder:
     preemptions: int = 0
     pauses: int = 0
     restores: int = 0
+    marks: int = 0
     steps: int = 0
     programs_finished: int = 0
     engine_steps: int = 0
@@ -108,6 +110,7 @@ class MetricsRecorder:
             env_wait_s=float(np.mean(self.env_waits)) if self.env_waits else 0.0,
             pauses=self.pauses,
             restores=self.restores,
+            marks=self.marks,
             programs_finished=self.programs_finished,
             engine_steps=self.engine_steps,
             cpu_s=cpu_s,

@@ -139,7 +139,8 @@ def environment_router(
         try:
             key = await live_key(request, program_id)
             body = _model(ExecRequest, await _json_body(request))
-            await hooks.ensure_program(key)
+            if manager.describe(key) or manager.default_spec is not None:
+                await hooks.ensure_program(key)  # no registration by a 404 exec
             started_at, started = time.time(), time.monotonic()
             try:
                 result = await manager.exec(key, body.command, timeout_s=body.timeout_s,

@@ -15,6 +15,7 @@ import logging
 from typing import Protocol
 
 import httpx
+from httpx_aiohttp import AiohttpTransport
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -52,14 +53,20 @@ class PoolListener(Protocol):
 def make_client(max_connections: int, request_timeout: float, connect_timeout: float,
                 api_key: str | None = None) -> httpx.AsyncClient:
     """One client for every upstream call: pooled keep-alive connections, sized for
-    a thousand concurrent programs."""
+    a thousand concurrent programs.
+
+    The httpx API is kept, but connections are pooled by aiohttp (httpx-aiohttp): httpcore's
+    pool polls every idle connection on each request, which at hundreds of connections was
+    most of the sidecar's CPU per call (see benchmarks/results/sidecar_latency.md).
+    """
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    limits = httpx.Limits(
+        max_connections=max_connections,
+        max_keepalive_connections=max_connections,
+        keepalive_expiry=30.0,
+    )
     return httpx.AsyncClient(
-        limits=httpx.Limits(
-            max_connections=max_connections,
-            max_keepalive_connections=max_connections,
-            keepalive_expiry=30.0,
-        ),
+        transport=AiohttpTransport(limits=limits),
         timeout=httpx.Timeout(request_timeout, connect=connect_timeout, pool=request_timeout),
         headers=headers,
     )

@@ -1,0 +1,5 @@
+"""Persistence of the program registry and environment ownership (SQLite, WAL mode)."""
+
+from thunder_middleware.store.sqlite import SQLiteProgramStore
+
+__all__ = ["SQLiteProgramStore"]
