@@ -19,6 +19,7 @@ import heapq
 import random
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,6 @@ from thunder_middleware.policy import (
     CallTiming,
     Decision,
     Expire,
-    Pause,
     PolicyConfig,
     ProgramScheduler,
     Restore,
@@ -93,14 +93,12 @@ def run(programs: int, ticks: int, cost_aware: bool, seed: int) -> Run:
                 schedule(now + rng.uniform(2.0, 10.0), "done", d.program_id)
             elif isinstance(d, Expire):
                 agents.pop(d.program_id, None)
-            elif isinstance(d, Pause):
-                pass
 
-    def timed(call: object, *args: object) -> list[Decision]:
+    def timed(call: Callable[..., list[Decision]], *args: object) -> list[Decision]:
         start = time.perf_counter_ns()
-        out = call(*args)  # type: ignore[operator]
+        out = call(*args)
         event_ns.append(time.perf_counter_ns() - start)
-        return out  # type: ignore[no-any-return]
+        return out
 
     for b in range(BACKENDS):
         scheduler.add_backend(f"b{b}", capacity, 0.0)
@@ -163,8 +161,16 @@ def main() -> None:
     ]
     targets = {1_000: 2.0, 10_000: 20.0}
     table = Table(title=f"policy tick over {BACKENDS} backends ({args.ticks} ticks each)")
-    for col in ("programs", "cost_aware", "tick median ms", "tick p99 ms", "target ms",
-                "event mean us", "mean queue", "decisions"):
+    for col in (
+        "programs",
+        "cost_aware",
+        "tick median ms",
+        "tick p99 ms",
+        "target ms",
+        "event mean us",
+        "mean queue",
+        "decisions",
+    ):
         table.add_column(col, justify="right")
     rows = []
     for r in runs:
@@ -183,7 +189,17 @@ def main() -> None:
     Console().print(table)
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    header = "| programs | cost_aware | tick median ms | tick p99 ms | target ms | event mean us | mean queue | decisions |"
+    columns = [
+        "programs",
+        "cost_aware",
+        "tick median ms",
+        "tick p99 ms",
+        "target ms",
+        "event mean us",
+        "mean queue",
+        "decisions",
+    ]
+    header = "| " + " | ".join(columns) + " |"
     lines = [
         "# Policy tick cost",
         "",

@@ -1,7 +1,7 @@
 """The sidecar's added latency per non-streaming request at 128 concurrent programs.
 
 128 agent-like programs each loop: one chat call (short prompt, 4 output tokens), then a
-tool pause (uniform 0.2-0.8 s), for ``--seconds``. The same load runs twice against one
+tool pause (uniform 1-3 s, the short end of the SWE-agent tool times), for ``--seconds``. The same load runs twice against one
 engine twin (time scale 200, so the engine itself is fast): straight to the twin, then
 through a sidecar in front of it. Reported:
 
@@ -62,7 +62,7 @@ async def _load(url: str, programs: int, seconds: float, seed: int) -> tuple[lis
         async def agent(index: int) -> None:
             nonlocal errors
             rng = random.Random(seed * 1000 + index)
-            await asyncio.sleep(rng.uniform(0, 0.8))  # spread the starts
+            await asyncio.sleep(rng.uniform(0, 3.0))  # spread the starts
             step = 0
             while time.perf_counter() < deadline:
                 started = time.perf_counter()
@@ -74,7 +74,7 @@ async def _load(url: str, programs: int, seconds: float, seed: int) -> tuple[lis
                 else:
                     errors += 1
                 step += 1
-                await asyncio.sleep(rng.uniform(0.2, 0.8))
+                await asyncio.sleep(rng.uniform(1.0, 3.0))
 
         await asyncio.gather(*(agent(i) for i in range(programs)))
     return latencies, errors
@@ -181,7 +181,7 @@ def main() -> None:
         f"--seconds {args.seconds:g}` on {platform.machine()}, {os.cpu_count()} CPUs, "
         f"load average {load[0]:.1f} at the end (the machine is shared).",
         "",
-        f"{args.programs} programs, each: one chat call (4 output tokens) then a 0.2-0.8 s "
+        f"{args.programs} programs, each: one chat call (4 output tokens) then a 1-3 s "
         "tool pause; twin at time scale 200; the same load straight to the twin, then "
         "through the sidecar.",
         "",

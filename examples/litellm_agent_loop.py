@@ -5,7 +5,9 @@ plus ``metadata={"program_id": ...}`` on each call. The tool (a shell command) r
 program's environment through the sidecar's exec route; the program is released at the end.
 
     THUNDER_SIDECAR_URL=http://127.0.0.1:9000 python examples/litellm_agent_loop.py
-    python examples/litellm_agent_loop.py --sync      # the sync path, through the wrapper
+    python examples/litellm_agent_loop.py --mode sync   # the sync path, through the wrapper
+
+By default it runs the loop twice, once per path (async callback, sync wrapper).
 """
 
 from __future__ import annotations
@@ -92,17 +94,18 @@ def run_sync(sidecar: str, model: str, program_id: str) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sync", action="store_true", help="use litellm's sync path")
+    parser.add_argument("--mode", choices=["async", "sync", "both"], default="both")
     args = parser.parse_args()
     sidecar = default_sidecar_url()
     model = served_model(sidecar)
-    program_id = f"litellm-loop-{uuid.uuid4().hex[:8]}"
-    steps = (run_sync(sidecar, model, program_id) if args.sync
-             else asyncio.run(run_async(sidecar, model, program_id)))
-    with ThunderClient(sidecar) as client:
-        seen = client.program(program_id) or {}
-    print(f"{program_id}: {steps} model calls; sidecar saw {seen['summary']['steps']} steps, "
-          f"status {seen['status']} ({seen['terminated_reason']})")
+    for mode in ("async", "sync") if args.mode == "both" else (args.mode,):
+        program_id = f"litellm-{mode}-{uuid.uuid4().hex[:8]}"
+        steps = (run_sync(sidecar, model, program_id) if mode == "sync"
+                 else asyncio.run(run_async(sidecar, model, program_id)))
+        with ThunderClient(sidecar) as client:
+            seen = client.program(program_id) or {}
+        print(f"{program_id}: {steps} model calls; sidecar saw {seen['summary']['steps']} "
+              f"steps, status {seen['status']} ({seen['terminated_reason']})")
 
 
 if __name__ == "__main__":

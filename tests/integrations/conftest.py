@@ -24,6 +24,9 @@ MODEL = "qwen3-8b"
 # LiteLLM fetches its model cost map from GitHub at import; loopback-only tests use the copy
 # bundled with the package (set before any test module imports litellm).
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+# Integrations built without a URL find the sidecar from the model's base URL; a URL left in
+# the developer's shell would point them at some other sidecar.
+os.environ.pop("THUNDER_SIDECAR_URL", None)
 
 
 @dataclass

@@ -73,7 +73,9 @@ def assert_every_call_seen_and_released(stack: Stack, program_id: str,
 
 def test_sync_agent_every_call_tagged_with_thread_id_and_released(stack: Stack,
                                                                   program_id: str) -> None:
-    agent = agent_for(stack, checkpointer=InMemorySaver())
+    """The one-line form: no URL, the middleware follows the model to its sidecar."""
+    agent = create_agent(chat_model(stack), [run_shell, read_file],
+                         middleware=[ThunderMiddleware()], checkpointer=InMemorySaver())
     state = agent.invoke({"messages": [{"role": "user", "content": TASK}]},
                          {"configurable": {"thread_id": program_id}})
     assert_every_call_seen_and_released(stack, program_id, state)

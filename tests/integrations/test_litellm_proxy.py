@@ -148,3 +148,23 @@ def test_request_without_identity_stays_anonymous(stack: Stack, openai_client: O
     before = stack.program_ids()
     chat(openai_client, "no program here")
     assert stack.program_ids() == before
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+def test_tool_intent_arrives_before_the_caller_sees_the_tool_call(
+        stack: Stack, openai_client: OpenAI, program_id: str, stream: bool) -> None:
+    chat(openai_client, "register me", extra_headers={"X-Program-Id": program_id})
+    key = scoped(stack, program_id)
+    stack.client.declare_environment(key, preset="local-shell")
+    stack.client.remove_environment(key)  # keeps the spec; nothing live until an intent
+    response = openai_client.chat.completions.create(
+        model=MODEL, max_tokens=1024, tools=TOOLS, tool_choice="required",  # type: ignore[arg-type]
+        messages=[{"role": "user", "content": "open README.md"}], stream=stream,
+        extra_headers={"X-Program-Id": program_id})
+    if stream:
+        chunks = list(response)  # type: ignore[arg-type]
+        assert any(c.choices and c.choices[0].delta.tool_calls for c in chunks)
+    else:
+        assert response.choices[0].message.tool_calls  # type: ignore[union-attr]
+    live = [e for e in stack.program(key)["environments"] if e["state"] in ("preparing", "ready")]
+    assert live, "the proxy callback should have announced the tool call to the sidecar"

@@ -27,7 +27,7 @@ TOOLS = [{
 
 @pytest.fixture(autouse=True)
 def callback(stack: Stack) -> Iterator[ThunderLiteLLMCallback]:
-    handler = ThunderLiteLLMCallback(stack.url)
+    handler = ThunderLiteLLMCallback()  # the one line: the sidecar is the calls' api_base
     previous = list(litellm.callbacks)
     litellm.callbacks = [handler]
     try:
@@ -173,3 +173,46 @@ async def test_fallback_deployment_is_tagged_too(stack: Stack, program_id: str) 
     await router.acompletion(model="primary", messages=task(program_id), max_tokens=32,
                              metadata={"program_id": program_id})
     assert stack.steps(program_id) == 1
+
+
+def live_environments(stack: Stack, program_id: str) -> list[dict[str, Any]]:
+    return [e for e in stack.program(program_id)["environments"]
+            if e["state"] in ("preparing", "ready")]
+
+
+def without_live_environment(stack: Stack, program_id: str) -> None:
+    stack.client.register(program_id, preset="local-shell")
+    stack.client.remove_environment(program_id)  # keeps the spec; only an intent revives it
+    assert not live_environments(stack, program_id)
+
+
+@pytest.mark.parametrize("path", ["async-callback", "async-stream-wrapper", "sync-wrapper",
+                                  "sync-stream-wrapper"])
+async def test_tool_intent_arrives_before_the_caller_gets_the_call(stack: Stack, path: str,
+                                                                   program_id: str) -> None:
+    without_live_environment(stack, program_id)
+    kwargs = request(stack, program_id, task(program_id), tool_choice="required")
+    if path == "async-callback":
+        response = await litellm.acompletion(**kwargs)
+        assert tool_calls_of(response.choices[0].message)
+    elif path == "async-stream-wrapper":
+        stream = await thunder_litellm.acompletion(stream=True, **kwargs)
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].finish_reason:
+                # the finishing chunk is handed over only after the intent went out
+                assert live_environments(stack, program_id)
+    elif path == "sync-wrapper":
+        response = thunder_litellm.completion(**kwargs)
+        assert tool_calls_of(response.choices[0].message)
+    else:
+        for chunk in thunder_litellm.completion(stream=True, **kwargs):
+            if chunk.choices and chunk.choices[0].finish_reason:
+                assert live_environments(stack, program_id)
+    assert live_environments(stack, program_id)
+
+
+async def test_no_tool_call_no_environment(stack: Stack, program_id: str) -> None:
+    """The control: a reply without tool calls announces nothing."""
+    without_live_environment(stack, program_id)
+    await litellm.acompletion(**request(stack, program_id, task(program_id), tool_choice="none"))
+    assert not live_environments(stack, program_id)

@@ -53,7 +53,9 @@ class RuntimeModel:
         gate.gate += 1
         return self.apply(self.scheduler.on_request(pid, now, tokens * 4, tokens))
 
-    def done(self, pid: str, now: float, usage: object = None, timing: object = None) -> list[Decision]:
+    def done(
+        self, pid: str, now: float, usage: object = None, timing: object = None
+    ) -> list[Decision]:
         gate = self.programs[pid]
         assert gate.upstream > 0, f"{pid} finished a call it never sent"
         gate.upstream -= 1

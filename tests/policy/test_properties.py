@@ -30,9 +30,11 @@ from thunder_middleware.policy import (
     Pause,
     PolicyConfig,
     ProgramScheduler,
+    ProgramView,
     Restore,
     Status,
     Usage,
+    decay,
 )
 
 from .runtime_model import RuntimeModel
@@ -121,7 +123,9 @@ class PolicyMachine(RuleBasedStateMachine):
     @rule(data=st.data(), usage=st.floats(0.0, 1.0))
     def kv_usage(self, data: st.DataObject, usage: float) -> None:
         name = data.draw(st.sampled_from(sorted(self.rt.healthy)))
-        self._record(self.rt.apply(self.rt.scheduler.update_backend(name, self.now, kv_usage=usage)))
+        self._record(
+            self.rt.apply(self.rt.scheduler.update_backend(name, self.now, kv_usage=usage))
+        )
 
     def _record(self, decisions: list[Decision], *, evacuation: bool = False) -> None:
         self.last = decisions
@@ -193,17 +197,30 @@ class PolicyMachine(RuleBasedStateMachine):
                 and v.program_id not in restored
                 and _share(v, self) >= NEGLIGIBLE
             ]
-            # a pause decided while the program was reasoning at the gate, or acting
-            paused_acting = [v for v in paused if v is not None and v.inflight_requests == 0
-                             and v.waiting_requests == 0]
-            paused_reasoning = [v for v in paused if v is not None and v not in paused_acting]
-            if paused_reasoning:
+            marked = {d.program_id for d in self.last if isinstance(d, MarkForPause)}
+            paused_acting = [
+                v
+                for v in paused
+                if v is not None and v.program_id not in marked and v.waiting_requests == 0
+            ]
+            at_gate = [
+                v
+                for v in paused
+                if v is not None and v.waiting_requests > 0 and v.program_id not in marked
+            ]
+            paused_marked = [v for v in paused if v is not None and v.program_id in marked]
+            acting_left = [v for v in remaining if v.acting_since is not None]
+            reasoning_left = [v for v in remaining if v.acting_since is None]
+            if at_gate or paused_marked:
                 # acting before reasoning: no acting program that counts is left behind
-                assert not [v for v in remaining if v.acting_since is not None], (paused, remaining)
-            for group, left in (
-                (paused_acting, [v for v in remaining if v.acting_since is not None]),
-                (paused_reasoning, [v for v in remaining if v.acting_since is None]),
-            ):
+                assert not acting_left, (paused, remaining)
+            groups = [(paused_acting, acting_left)]
+            if self.cost_aware:
+                # requests not yet sent are held back before in-flight ones are marked
+                groups.append((paused_marked, reasoning_left))
+            else:
+                groups.append((at_gate + paused_marked, reasoning_left))
+            for group, left in groups:
                 if group and left:
                     assert max(v.c for v in group) <= min(v.c for v in left) + 1e-9
 
@@ -227,15 +244,12 @@ class PolicyMachine(RuleBasedStateMachine):
             assert set(sched.restore_order(len(starved))) == starved
 
 
-def _share(view: object, machine: PolicyMachine) -> float:
+def _share(view: ProgramView, machine: PolicyMachine) -> float:
     """The program's current contribution to its backend's demand (uncorrected)."""
-    from thunder_middleware.policy import decay
-
-    assert hasattr(view, "c")
-    if view.acting_since is None:  # type: ignore[attr-defined]
-        return float(view.c)  # type: ignore[attr-defined]
-    cfg = machine.rt.scheduler.config
-    return float(view.c) * decay(cfg.decay_base, machine.now - view.acting_since)  # type: ignore[attr-defined]
+    if view.acting_since is None:
+        return view.c
+    base = machine.rt.scheduler.decay_base
+    return view.c * decay(base, machine.now - view.acting_since)
 
 
 class CostAwareMachine(PolicyMachine):
@@ -243,7 +257,7 @@ class CostAwareMachine(PolicyMachine):
 
 
 _settings = settings(
-    max_examples=int(os.environ.get('POLICY_EXAMPLES', '60')),
+    max_examples=int(os.environ.get("POLICY_EXAMPLES", "60")),
     stateful_step_count=60,
     deadline=None,
     # the explain phase traces every line (slow on Python 3.11) and adds nothing here

@@ -24,8 +24,9 @@ from thunder_middleware.policy import (
 from .runtime_model import RuntimeModel
 
 
-def published(**overrides: object) -> RuntimeModel:
-    return RuntimeModel(ProgramScheduler(PolicyConfig(cost_aware=False, **overrides)))
+def published(**overrides: float) -> RuntimeModel:
+    config = PolicyConfig.model_validate({"cost_aware": False, **overrides})
+    return RuntimeModel(ProgramScheduler(config))
 
 
 def usage(total: int) -> Usage:
@@ -169,7 +170,12 @@ def test_restore_class_order_in_queue() -> None:
     rt.set_health("c", False, 1.0)  # all three paused (acting); b is full
     rt.request("reason_big", 1.1, 450)  # paused program with a waiting request
     rt.request("brand_new", 1.2, 150)
-    assert rt.scheduler.restore_order(10) == ["reason_big", "brand_new", "acting_small", "acting_big"]
+    assert rt.scheduler.restore_order(10) == [
+        "reason_big",
+        "brand_new",
+        "acting_small",
+        "acting_big",
+    ]
 
 
 def test_placement_is_best_fit_decreasing_over_all_backends() -> None:
@@ -365,9 +371,7 @@ def test_rates_are_learned_from_usage_and_timing() -> None:
         pid = f"p{i}"
         sched.on_request(pid, float(i), 0, 1000)
         # 1000 uncached tokens in 0.1 s, then 99 tokens in 0.99 s
-        sched.on_request_done(
-            pid, float(i) + 1, Usage(1000, 100, 0), CallTiming(0.0, 0.1, 1.09)
-        )
+        sched.on_request_done(pid, float(i) + 1, Usage(1000, 100, 0), CallTiming(0.0, 0.1, 1.09))
     view = next(iter(sched.backend_views(10.0)))
     assert view.prefill_rate == pytest.approx(10_000, rel=1e-6)
     assert view.decode_rate == pytest.approx(100, rel=1e-6)

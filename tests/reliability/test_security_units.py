@@ -74,7 +74,7 @@ def test_authenticator_resolves_and_refuses() -> None:
         with pytest.raises(AccessRefused) as refused:
             asyncio.run(tenant(headers))
         assert refused.value.status_code == 401
-    open_auth = Authenticator(SecurityConfig())
+    open_auth = Authenticator(SecurityConfig.model_validate({}))
     assert asyncio.run(open_auth.tenant_of({"authorization": "Bearer EMPTY"})) == "default"
 
 

@@ -168,3 +168,12 @@ def test_no_healthy_backend_is_503_with_retry_after() -> None:
         _assert_openai_error(response, 503, "no_healthy_backend")
         assert int(response.headers["retry-after"]) >= 1
         _assert_openai_error(httpx.get(server.url + "/v1/models", timeout=5), 503)
+
+
+def test_generic_openai_backend_uses_the_configured_capacity(twin_server: RunningServer) -> None:
+    with sidecar([twin_server.url], *STRICT_POLICY, "--backend-kind", "openai",
+                 "--backend-capacity", "4096") as server:
+        backend = httpx.get(server.url + "/health", timeout=5).json()["backends"][0]
+        assert backend["kind"] == "openai" and backend["capacity_tokens"] == 4096
+        assert _chat(server.url, chat_body("generic", 10)).status_code == 200
+        assert metric(server.url, "thunder_sidecar_backend_capacity_tokens") == 4096

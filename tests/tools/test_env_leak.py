@@ -24,9 +24,10 @@ BEHAVIOURS = ["normal", "normal", "bad-readiness", "dies", "timeouts", "abandone
 
 
 def spec_for(behaviour: str, image: str | None) -> dict:
-    spec: dict = {"command": ["sleep", "300"], "ports": [8000], "volumes": [{"mount": "/data"}]}
-    if image:
+    spec: dict = {"ports": [8000], "volumes": [{"mount": "/data"}]}
+    if image:  # containers need a main process; local environments only get stray children
         spec["image"] = image
+        spec["command"] = ["sleep", "300"]
     if behaviour == "bad-readiness":
         spec["readiness"] = {"command": ["false"], "timeout_s": 0.3, "interval_s": 0.1}
     elif behaviour == "dies":

@@ -18,6 +18,7 @@ Why each hook:
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any, NotRequired
@@ -39,6 +40,7 @@ from thunder_middleware.integrations.client import (
     ExecResult,
     ThunderClient,
     ToolIntent,
+    control_url,
     format_exec_result,
 )
 from thunder_middleware.integrations.tagging import (
@@ -105,6 +107,9 @@ class ThunderMiddleware(AgentMiddleware[ThunderState, Any]):
                  send_tool_intent: bool = True) -> None:
         super().__init__()
         url = sidecar_url or (client.base_url if client else None)
+        # Without a URL (argument, client, THUNDER_SIDECAR_URL) the sidecar is found where
+        # the model points: its base URL *is* the sidecar's /v1 (see follow_model).
+        self._follow_model = url is None and not os.environ.get("THUNDER_SIDECAR_URL")
         self.client = client or ThunderClient(url, attempts=2)
         self.async_client = async_client or AsyncThunderClient(url or self.client.base_url,
                                                                attempts=2)
@@ -144,8 +149,18 @@ class ThunderMiddleware(AgentMiddleware[ThunderState, Any]):
 
     # -- model calls ----------------------------------------------------------------------
 
+    def follow_model(self, model: Any) -> None:
+        """Point the control clients at the sidecar the model talks to (once)."""
+        base = getattr(model, "openai_api_base", None)
+        if not (self._follow_model and isinstance(base, str) and base):
+            return
+        self._follow_model = False
+        self.client = ThunderClient(control_url(base), attempts=2)
+        self.async_client = AsyncThunderClient(self.client.base_url, attempts=2)
+
     def tag(self, request: ModelRequest[Any]) -> ModelRequest[Any]:
         """The request with the program id merged into body and headers."""
+        self.follow_model(request.model)
         program_id = self.resolve_program_id(request.state, request.runtime)
         settings = dict(request.model_settings)
         model_body = getattr(request.model, "extra_body", None) or {}

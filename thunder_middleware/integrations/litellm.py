@@ -19,6 +19,7 @@ Insert with ``litellm.callbacks = [ThunderLiteLLMCallback()]`` and pass
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
@@ -29,6 +30,7 @@ from thunder_middleware.integrations.client import (
     AsyncThunderClient,
     ThunderClient,
     ToolIntent,
+    control_url,
 )
 from thunder_middleware.integrations.tagging import (
     PROGRAM_ID_FIELD,
@@ -115,7 +117,12 @@ class ThunderLiteLLMCallback(CustomLogger):
                  program_id: str | None = None, namespace: str | None = None,
                  send_tool_intent: bool = True) -> None:
         super().__init__()
-        self.client = AsyncThunderClient(sidecar_url, api_key=api_key, attempts=2)
+        # Without an explicit URL (argument or THUNDER_SIDECAR_URL) the control API is found
+        # where the call goes: the model's api_base *is* the sidecar's /v1.
+        self.sidecar_url = sidecar_url or os.environ.get("THUNDER_SIDECAR_URL")
+        self.api_key = api_key
+        self.client = AsyncThunderClient(self.sidecar_url, api_key=api_key, attempts=2)
+        self._clients: dict[str, AsyncThunderClient] = {}
         self.default_program_id = program_id
         self.namespace = namespace
         self.send_tool_intent = send_tool_intent
@@ -135,15 +142,23 @@ class ThunderLiteLLMCallback(CustomLogger):
         program_id = self.program_id_for(kwargs)
         return tag_kwargs(kwargs, program_id) if program_id else None
 
-    async def announce(self, program_id: str | None, intents: list[ToolIntent]) -> None:
+    def client_for(self, kwargs: Mapping[str, Any]) -> AsyncThunderClient:
+        base = sidecar_of_call(kwargs)
+        if self.sidecar_url or base is None:
+            return self.client
+        if base not in self._clients:
+            self._clients[base] = AsyncThunderClient(base, api_key=self.api_key, attempts=2)
+        return self._clients[base]
+
+    async def announce(self, kwargs: Mapping[str, Any], intents: list[ToolIntent]) -> None:
+        program_id = self.program_id_for(kwargs)
         if self.send_tool_intent and program_id:
-            await _announce_async(self.client, program_id, intents)
+            await _announce_async(self.client_for(kwargs), program_id, intents)
 
     async def async_post_call_success_deployment_hook(
         self, request_data: dict[str, Any], response: Any, call_type: Any
     ) -> Any:
-        intents = tool_intents(tool_calls_of_response(response))
-        await self.announce(self.program_id_for(request_data), intents)
+        await self.announce(request_data, tool_intents(tool_calls_of_response(response)))
         return None
 
     async def async_post_call_streaming_deployment_hook(
@@ -151,7 +166,7 @@ class ThunderLiteLLMCallback(CustomLogger):
     ) -> Any:
         collector = StreamedToolCalls()
         collector.add(response_chunk)
-        await self.announce(self.program_id_for(request_data), collector.intents())
+        await self.announce(request_data, collector.intents())
         return None
 
 
@@ -164,6 +179,18 @@ async def _announce_async(client: AsyncThunderClient, program_id: str,
         await client.tool_intent(program_id, intents)
     except Exception as exc:  # the agent still works; its environment is readied later
         log.warning("tool intent for %s not delivered: %r", program_id, exc)
+
+
+def sidecar_of_call(kwargs: Mapping[str, Any]) -> str | None:
+    """The sidecar a call goes to, from its ``api_base`` (``.../v1``), if it names one."""
+    for source in (kwargs, kwargs.get("litellm_params")):
+        if isinstance(source, Mapping) and isinstance(source.get("api_base"), str):
+            return control_url(str(source["api_base"]))
+    return None
+
+
+def _sidecar_url(sidecar_url: str | None, kwargs: Mapping[str, Any]) -> str | None:
+    return sidecar_url or os.environ.get("THUNDER_SIDECAR_URL") or sidecar_of_call(kwargs)
 
 
 def _sync_client(sidecar_url: str | None, client: ThunderClient | None) -> ThunderClient:
@@ -213,7 +240,7 @@ def completion(*, sidecar_url: str | None = None, client: ThunderClient | None =
     program_id = program_id_of_kwargs(kwargs)
     if program_id is None:
         return litellm.completion(**kwargs)
-    thunder = _sync_client(sidecar_url, client)
+    thunder = _sync_client(_sidecar_url(sidecar_url, kwargs), client)
     response = litellm.completion(**tag_kwargs(kwargs, program_id))
     if kwargs.get("stream"):
         return _stream_with_intent(response, thunder, program_id)
@@ -234,9 +261,10 @@ async def acompletion(*, sidecar_url: str | None = None,
     response = await litellm.acompletion(**tag_kwargs(kwargs, program_id))
     if not kwargs.get("stream"):
         if not any(isinstance(cb, ThunderLiteLLMCallback) for cb in litellm.callbacks):
-            thunder = client or AsyncThunderClient(sidecar_url, attempts=2)
+            thunder = client or AsyncThunderClient(_sidecar_url(sidecar_url, kwargs),
+                                                   attempts=2)
             await _announce_async(thunder, program_id,
                                   tool_intents(tool_calls_of_response(response)))
         return response
-    return _astream_with_intent(response, client or AsyncThunderClient(sidecar_url, attempts=2),
-                                program_id)
+    thunder = client or AsyncThunderClient(_sidecar_url(sidecar_url, kwargs), attempts=2)
+    return _astream_with_intent(response, thunder, program_id)

@@ -130,9 +130,7 @@ class BackendState:
         self.lambda_eff = config.lambda_max
         if not config.cost_aware or self.rates.samples < config.cost_min_samples:
             return
-        mean_context = (
-            self.c_total / self.program_count if self.program_count else fallback_context
-        )
+        mean_context = self.c_total / self.program_count if self.program_count else fallback_context
         # the shared prefix stays cached whoever is evicted: only the own part is at stake
         mean_context -= min(self.shared, 0.9 * mean_context)
         if mean_context <= 0.0 or self.capacity <= 0:

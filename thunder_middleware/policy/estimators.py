@@ -20,8 +20,8 @@ class Ema:
         self.samples = 0
 
     def update(self, sample: float) -> None:
-        self.value = sample if self.samples == 0 else self.value + self.alpha * (
-            sample - self.value
+        self.value = (
+            sample if self.samples == 0 else self.value + self.alpha * (sample - self.value)
         )
         self.samples += 1
 
@@ -45,6 +45,30 @@ class CharsPerToken:
 
     def tokens(self, prompt_chars: int) -> float:
         return prompt_chars / self._ema.value
+
+
+class StepShape:
+    """What the fleet's steps look like, fleet-wide: the cost model's R, T, c and output.
+
+    Reasoning time is dispatch -> done, tool time done -> next request of the same program
+    (the client's tool runs in between; a paused program's wait is not part of it).
+    """
+
+    __slots__ = ("completion_tokens", "context_tokens", "reasoning_s", "tool_s")
+
+    def __init__(self, reasoning_prior_s: float, tool_prior_s: float, alpha: float) -> None:
+        self.reasoning_s = Ema(reasoning_prior_s, alpha)
+        self.tool_s = Ema(tool_prior_s, alpha)
+        self.context_tokens = Ema(0.0, alpha)
+        self.completion_tokens = Ema(0.0, alpha)
+
+    def observe_call(self, usage: Usage, seconds: float) -> None:
+        self.reasoning_s.update(max(seconds, 0.0))
+        self.context_tokens.update(float(usage.prompt_tokens + usage.completion_tokens))
+        self.completion_tokens.update(float(usage.completion_tokens))
+
+    def observe_tool(self, seconds: float) -> None:
+        self.tool_s.update(max(seconds, 0.0))
 
 
 def prefill_work(uncached: float, cached: float, attention_context: float) -> float:

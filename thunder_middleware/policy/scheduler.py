@@ -16,7 +16,7 @@ from collections import OrderedDict
 from thunder_middleware.policy.backend import BackendState
 from thunder_middleware.policy.config import PolicyConfig
 from thunder_middleware.policy.demand import decay
-from thunder_middleware.policy.estimators import CharsPerToken, Ema
+from thunder_middleware.policy.estimators import CharsPerToken, StepShape
 from thunder_middleware.policy.placement import Bin, place_decreasing
 from thunder_middleware.policy.program import ProgramRecord
 from thunder_middleware.policy.types import (
@@ -30,7 +30,7 @@ from thunder_middleware.policy.types import (
     Status,
     Usage,
 )
-from thunder_middleware.policy.views import BackendView, ProgramView
+from thunder_middleware.policy.views import BackendView, ProgramView, backend_view, program_view
 from thunder_middleware.policy.waiting_queue import WaitingQueue
 
 # a program whose decayed share is below this frees nothing by being paused
@@ -50,10 +50,9 @@ class ProgramScheduler:
         self._chars_per_token = CharsPerToken(
             self.config.default_chars_per_token, self.config.chars_per_token_alpha
         )
-        self._reasoning_s = Ema(self.config.default_reasoning_s, self.config.duration_alpha)
-        self._tool_s = Ema(self.config.default_tool_s, self.config.duration_alpha)
-        self._context = Ema(0.0, self.config.duration_alpha)
-        self._completion = Ema(0.0, self.config.duration_alpha)
+        self._shape = StepShape(
+            self.config.default_reasoning_s, self.config.default_tool_s, self.config.duration_alpha
+        )
         self._decay_base = self.config.decay_base
         self._now = float("-inf")
         # paused for pressure during the current call: not restored again by the same call
@@ -125,7 +124,7 @@ class ProgramScheduler:
             return self._settle(now, out, [])
         if rec.waiting == 0 and rec.inflight == 0:
             if rec.steps > 0:
-                self._tool_s.update(max(now - rec.acting_since, 0.0))
+                self._shape.observe_tool(now - rec.acting_since)
             self._idle.pop(program_id, None)
         rec.last_prompt_chars = prompt_chars
         self._set_c(rec, max(rec.c, estimate))
@@ -166,13 +165,11 @@ class ProgramScheduler:
         backend = self._backends.get(rec.backend) if rec.backend is not None else None
         if usage is not None:
             tokens = usage.prompt_tokens + usage.completion_tokens
-            self._completion.update(float(usage.completion_tokens))
             if first_call and backend is not None:
                 backend.observe_first_call(usage.cached_tokens, usage.prompt_tokens)
             self._chars_per_token.observe(rec.last_prompt_chars, usage.prompt_tokens)
-            self._context.update(float(tokens))
-            self._reasoning_s.update(
-                timing.total_s if timing is not None else max(now - rec.dispatched_at, 0.0)
+            self._shape.observe_call(
+                usage, timing.total_s if timing is not None else now - rec.dispatched_at
             )
             if timing is not None and backend is not None:
                 backend.rates.observe(usage, timing)
@@ -223,22 +220,23 @@ class ProgramScheduler:
                 break
             self._forget(program_id)
             out.append(Expire(program_id))
-        fallback = self._context.value if self._context.samples else 0.0
+        shape = self._shape
+        fallback = shape.context_tokens.value
         self._adapt_decay(now)
         for backend in self._backends.values():
-            backend.refresh_lambda(self._reasoning_s.value, self._tool_s.value, fallback)
+            backend.refresh_lambda(shape.reasoning_s.value, shape.tool_s.value, fallback)
         return self._settle(now, out, list(self._backends.values()))
 
     # --- read-only views -----------------------------------------------------------------
     def program(self, program_id: str) -> ProgramView | None:
         rec = self._programs.get(program_id)
-        return None if rec is None else _program_view(rec)
+        return None if rec is None else program_view(rec)
 
     def programs(self) -> list[ProgramView]:
-        return [_program_view(rec) for rec in self._programs.values()]
+        return [program_view(rec) for rec in self._programs.values()]
 
     def backend_views(self, now: float) -> list[BackendView]:
-        return [_backend_view(b, now) for b in self._backends.values()]
+        return [backend_view(b, now) for b in self._backends.values()]
 
     def restore_order(self, limit: int) -> list[str]:
         return self._queue.head(limit)
@@ -248,9 +246,14 @@ class ProgramScheduler:
         return self._chars_per_token.value
 
     @property
+    def decay_base(self) -> float:
+        """The x of f(t) = x^-t in use (cost-aware: adapted to the learned tool time)."""
+        return self._decay_base
+
+    @property
     def learned_step_shape(self) -> tuple[float, float]:
         """(mean reasoning seconds, mean tool seconds) as the cost model sees them."""
-        return self._reasoning_s.value, self._tool_s.value
+        return self._shape.reasoning_s.value, self._shape.tool_s.value
 
     def _adapt_decay(self, now: float) -> None:
         """Cost-aware: the decay's half-life follows the learned mean tool time.
@@ -261,9 +264,10 @@ class ProgramScheduler:
         are likely to come back soon and still frees that of long tools. Re-based only
         when x moves by more than 5 %, since it costs O(programs).
         """
-        if not self.config.cost_aware or self._tool_s.samples < self.config.cost_min_samples:
+        tool_s = self._shape.tool_s
+        if not self.config.cost_aware or tool_s.samples < self.config.cost_min_samples:
             return
-        halflife = self.config.decay_tool_halflives * max(self._tool_s.value, 0.05)
+        halflife = self.config.decay_tool_halflives * max(tool_s.value, 0.05)
         base = min(max(2.0 ** (1.0 / halflife), 1.0 + 1e-6), self.config.decay_base)
         if abs(base - self._decay_base) <= 0.05 * (self._decay_base - 1.0):
             return
@@ -279,9 +283,7 @@ class ProgramScheduler:
             self._now = now
         return self._now
 
-    def _settle(
-        self, now: float, out: list[Decision], check: list[BackendState]
-    ) -> list[Decision]:
+    def _settle(self, now: float, out: list[Decision], check: list[BackendState]) -> list[Decision]:
         for backend in check:
             self._relieve(backend, now, out, frozenset())
         self._rescue_starving(now, out)
@@ -420,7 +422,9 @@ class ProgramScheduler:
         mean completion more (a few hundred tokens per program, which at 100 reasoning
         programs is a whole backend's headroom).
         """
-        return rec.c + self._completion.value if self.config.cost_aware else rec.c
+        if not self.config.cost_aware:
+            return rec.c
+        return rec.c + self._shape.completion_tokens.value
 
     def _need(self, rec: ProgramRecord, now: float) -> float:
         """Raw tokens the program adds to a backend's demand if bound now."""
@@ -507,45 +511,3 @@ class ProgramScheduler:
         self._queue.remove(program_id)
         self._idle.pop(program_id, None)
         rec.status = Status.TERMINATED
-
-
-def _program_view(rec: ProgramRecord) -> ProgramView:
-    idle = rec.waiting == 0 and rec.inflight == 0
-    return ProgramView(
-        program_id=rec.program_id,
-        c=rec.c,
-        phase=rec.phase,
-        status=rec.status,
-        backend=rec.backend,
-        marked_for_pause=rec.marked,
-        waiting_requests=rec.waiting,
-        inflight_requests=rec.inflight,
-        created_at=rec.created_at,
-        acting_since=rec.acting_since if idle else None,
-        queued_since=rec.queued_since,
-        waiting_since=rec.waiting_since,
-        steps=rec.steps,
-        pauses=rec.pauses,
-        restores=rec.restores,
-    )
-
-
-def _backend_view(b: BackendState, now: float) -> BackendView:
-    return BackendView(
-        name=b.name,
-        capacity_tokens=b.capacity,
-        healthy=b.healthy,
-        demand=b.committed(now),
-        reasoning_demand=max(b.demand.reasoning_sum, 0.0),
-        acting_demand=b.demand.acting.value(now),
-        high_watermark=b.high_watermark,
-        low_watermark=b.low_watermark,
-        lambda_eff=b.lambda_eff,
-        sharing_factor=(b.committed(now) / raw) if (raw := b.demand.raw(now)) > 0 else 1.0,
-        shared_prefix_tokens=b.shared,
-        kv_usage=b.kv_usage,
-        programs=b.program_count,
-        reasoning_programs=b.demand.reasoning_count,
-        prefill_rate=b.rates.prefill_rate,
-        decode_rate=b.rates.decode_rate,
-    )

@@ -7,8 +7,13 @@ view taken before a decision list is applied stays a faithful record of that mom
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from thunder_middleware.policy.types import Phase, Status
+
+if TYPE_CHECKING:  # records are built by the scheduler; views only read them
+    from thunder_middleware.policy.backend import BackendState
+    from thunder_middleware.policy.program import ProgramRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,3 +53,45 @@ class BackendView:
     prefill_rate: float | None  # learned, linear-token units per second
     decode_rate: float | None  # learned, output tokens per second per request
     shared_prefix_tokens: float = 0.0  # learned prefix all programs share (held once)
+
+
+def program_view(rec: ProgramRecord) -> ProgramView:
+    idle = rec.waiting == 0 and rec.inflight == 0
+    return ProgramView(
+        program_id=rec.program_id,
+        c=rec.c,
+        phase=rec.phase,
+        status=rec.status,
+        backend=rec.backend,
+        marked_for_pause=rec.marked,
+        waiting_requests=rec.waiting,
+        inflight_requests=rec.inflight,
+        created_at=rec.created_at,
+        acting_since=rec.acting_since if idle else None,
+        queued_since=rec.queued_since,
+        waiting_since=rec.waiting_since,
+        steps=rec.steps,
+        pauses=rec.pauses,
+        restores=rec.restores,
+    )
+
+
+def backend_view(b: BackendState, now: float) -> BackendView:
+    return BackendView(
+        name=b.name,
+        capacity_tokens=b.capacity,
+        healthy=b.healthy,
+        demand=b.committed(now),
+        reasoning_demand=max(b.demand.reasoning_sum, 0.0),
+        acting_demand=b.demand.acting.value(now),
+        high_watermark=b.high_watermark,
+        low_watermark=b.low_watermark,
+        lambda_eff=b.lambda_eff,
+        sharing_factor=(b.committed(now) / raw) if (raw := b.demand.raw(now)) > 0 else 1.0,
+        shared_prefix_tokens=b.shared,
+        kv_usage=b.kv_usage,
+        programs=b.program_count,
+        reasoning_programs=b.demand.reasoning_count,
+        prefill_rate=b.rates.prefill_rate,
+        decode_rate=b.rates.decode_rate,
+    )

@@ -42,9 +42,7 @@ class WaitingQueue:
         self.remove(record.program_id)
         restore_class = record.restore_class
         # starving programs go oldest first; every other class smallest c first
-        size = (
-            record.waiting_since or 0.0 if restore_class is RestoreClass.STARVING else record.c
-        )
+        size = record.waiting_since or 0.0 if restore_class is RestoreClass.STARVING else record.c
         key = (int(restore_class), size, next(self._seq), record.program_id)
         self._order.add(key)
         self._order_keys[record.program_id] = key

@@ -26,8 +26,8 @@ class TenantConfig(BaseModel):
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     keys: list[str] = Field(default_factory=list)
-    max_programs: int | None = Field(None, ge=1, description="live programs at once")
-    max_environments: int | None = Field(None, ge=0, description="tool environments at once")
+    max_programs: int | None = Field(default=None, ge=1, description="live programs at once")
+    max_environments: int | None = Field(default=None, ge=0, description="tool environments at once")
 
     @field_validator("keys")
     @classmethod
@@ -41,8 +41,8 @@ class SecurityConfig(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     tenants: list[TenantConfig] = Field(default_factory=list)
-    default_max_programs: int | None = Field(None, ge=1)
-    default_max_environments: int | None = Field(None, ge=0)
+    default_max_programs: int | None = Field(default=None, ge=1)
+    default_max_environments: int | None = Field(default=None, ge=0)
 
     @field_validator("tenants")
     @classmethod
@@ -85,7 +85,7 @@ def parse_api_keys_env(value: str) -> list[TenantConfig]:
         if not sep or not tenant or not hashed:
             raise ValueError(f"{API_KEYS_ENV} entries are 'tenant:hash', got {item[:40]!r}")
         keys.setdefault(tenant.strip(), []).append(hashed.strip())
-    return [TenantConfig(name=name, keys=hashes, max_programs=None, max_environments=None)
+    return [TenantConfig(name=name, keys=hashes)
             for name, hashes in keys.items()]
 
 

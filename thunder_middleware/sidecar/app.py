@@ -7,12 +7,14 @@ policy tick and the environment manager, and stops them in reverse order on shut
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from thunder_middleware.policy import PolicyConfig, ProgramScheduler
 from thunder_middleware.sidecar.backends.pool import BackendPool, make_client
@@ -20,11 +22,35 @@ from thunder_middleware.sidecar.environments import EnvironmentLink, environment
 from thunder_middleware.sidecar.errors import install_error_handlers
 from thunder_middleware.sidecar.metrics import SidecarMetrics, StateCollector
 from thunder_middleware.sidecar.persistence import InMemoryProgramStore, ProgramStore
-from thunder_middleware.sidecar.proxy import Proxy
+from thunder_middleware.sidecar.proxy import EXCLUDED_KEY, Proxy
 from thunder_middleware.sidecar.routes_openai import router as openai_router
 from thunder_middleware.sidecar.routes_programs import router as programs_router
 from thunder_middleware.sidecar.runtime import SchedulerRuntime
 from thunder_middleware.sidecar.settings import SidecarSettings
+
+
+class AddedLatencyMiddleware:
+    """Times whole proxied requests (routing, parsing, policy, response writing) and records
+    what is left after the gate wait and the upstream call: the sidecar's own cost."""
+
+    PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+
+    def __init__(self, app: ASGIApp, metrics: SidecarMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.PATHS:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            excluded = scope.get(EXCLUDED_KEY)
+            if excluded is not None:  # requests that reached a backend
+                self.metrics.added_latency.observe(
+                    max(0.0, time.perf_counter() - started - excluded))
 
 
 def policy_config(settings: SidecarSettings) -> PolicyConfig:
@@ -87,6 +113,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.proxy = Proxy(runtime, metrics)
     app.state.environment_link = link
+    app.add_middleware(AddedLatencyMiddleware, metrics=metrics)
     install_error_handlers(app)
     link.install_error_handler(app)
     app.include_router(openai_router)

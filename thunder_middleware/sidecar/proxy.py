@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import httpx
@@ -66,7 +67,7 @@ class Proxy:
         self.client = runtime.pool.client
 
     async def forward(self, request: Request, path: str, key: str, parsed: ParsedRequest,
-                      started: float, route: str) -> Response:
+                      route: str) -> Response:
         """Send the call, retrying once through the gate after a backend fault."""
         receive = request.receive
         for attempt in (0, 1):
@@ -81,7 +82,7 @@ class Proxy:
             try:
                 if parsed.stream:
                     return await self._stream(request, path, lease, parsed, route)
-                return await self._call(request, path, lease, parsed, started, route)
+                return await self._call(request, path, lease, parsed, route)
             except UpstreamFailed as exc:
                 if attempt == 0:
                     self.metrics.retries.inc()
@@ -92,15 +93,18 @@ class Proxy:
                                code="upstream_unavailable") from exc
         raise AssertionError("unreachable")
 
-    def _fail(self, lease: Lease, reason: str, sent_at: float, stream: bool) -> UpstreamFailed:
+    def _fail(self, request: Request, lease: Lease, reason: str, sent_at: float,
+              stream: bool) -> UpstreamFailed:
+        total_s = time.perf_counter() - sent_at
+        exclude_from_added_latency(request.scope, total_s + (0.0 if stream else lease.queue_wait_s))
         self.runtime.complete(lease, usage=None, outcome="failed", stream=stream,
-                              first_token_s=None, total_s=time.perf_counter() - sent_at)
+                              first_token_s=None, total_s=total_s)
         self.runtime.backend_failed(lease.backend, reason)
         return UpstreamFailed(f"{lease.backend}: {reason}")
 
     # --- non-streaming -------------------------------------------------------------------
     async def _call(self, request: Request, path: str, lease: Lease, parsed: ParsedRequest,
-                    started: float, route: str) -> Response:
+                    route: str) -> Response:
         sent_at = time.perf_counter()
         try:
             upstream = await unless_disconnected(
@@ -114,10 +118,11 @@ class Proxy:
             self.metrics.requests.labels(route=route, outcome="aborted").inc()
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         except httpx.HTTPError as exc:
-            raise self._fail(lease, repr(exc), sent_at, False) from exc
+            raise self._fail(request, lease, repr(exc), sent_at, False) from exc
         upstream_s = time.perf_counter() - sent_at
         if upstream.status_code >= 500:
-            raise self._fail(lease, f"HTTP {upstream.status_code}", sent_at, False)
+            raise self._fail(request, lease, f"HTTP {upstream.status_code}", sent_at, False)
+        exclude_from_added_latency(request.scope, upstream_s + lease.queue_wait_s)
         content = upstream.content
         usage: Usage | None = None
         if upstream.status_code == 200:
@@ -125,8 +130,6 @@ class Proxy:
         self.runtime.complete(lease, usage=usage, outcome="ok" if usage else "failed",
                               stream=False, first_token_s=None, total_s=upstream_s)
         self.metrics.requests.labels(route=route, outcome=str(upstream.status_code)).inc()
-        self.metrics.added_latency.observe(
-            max(0.0, time.perf_counter() - started - upstream_s - lease.queue_wait_s))
         return Response(content=content, status_code=upstream.status_code,
                         media_type=upstream.headers.get("content-type", "application/json"))
 
@@ -158,6 +161,7 @@ class Proxy:
     async def _stream(self, request: Request, path: str, lease: Lease, parsed: ParsedRequest,
                       route: str) -> Response:
         sent_at = time.perf_counter()
+        exclude_from_added_latency(request.scope, lease.queue_wait_s)
         try:
             opened = await unless_disconnected(self._open_stream(path, lease, parsed),
                                                request.receive)
@@ -167,13 +171,13 @@ class Proxy:
             self.metrics.requests.labels(route=route, outcome="aborted").inc()
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         except httpx.HTTPError as exc:
-            raise self._fail(lease, repr(exc), sent_at, True) from exc
+            raise self._fail(request, lease, repr(exc), sent_at, True) from exc
         status = opened.response.status_code
         if status != 200:
             body = await opened.response.aread()
             await opened.response.aclose()
             if status >= 500:
-                raise self._fail(lease, f"HTTP {status}", sent_at, True)
+                raise self._fail(request, lease, f"HTTP {status}", sent_at, True)
             self.runtime.complete(lease, usage=None, outcome="failed", stream=True,
                                   first_token_s=None, total_s=time.perf_counter() - sent_at)
             self.metrics.requests.labels(route=route, outcome=str(status)).inc()
@@ -181,16 +185,17 @@ class Proxy:
                             media_type=opened.response.headers.get("content-type"))
         if not opened.first_events:
             await opened.response.aclose()
-            raise self._fail(lease, "stream ended before its first event", sent_at, True)
+            raise self._fail(request, lease, "stream ended before its first event", sent_at,
+                             True)
         self.metrics.requests.labels(route=route, outcome="200").inc()
         return StreamingResponse(
-            self._relay(lease, opened, parsed.client_wants_usage),
+            self._relay(lease, opened, parsed.client_wants_usage, request.scope),
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
 
-    async def _relay(self, lease: Lease, opened: OpenStream,
-                     client_wants_usage: bool) -> AsyncIterator[bytes]:
+    async def _relay(self, lease: Lease, opened: OpenStream, client_wants_usage: bool,
+                     scope: MutableMapping[str, Any]) -> AsyncIterator[bytes]:
         """Pass events on one by one; closing the upstream stream on any exit is what
         aborts the backend's request when the client leaves."""
         usage: Usage | None = None
@@ -221,10 +226,20 @@ class Proxy:
             with anyio.CancelScope(shield=True):
                 await opened.response.aclose()
             total_s = time.perf_counter() - opened.sent_at
+            exclude_from_added_latency(scope, total_s)
             self.runtime.complete(
                 lease, usage=usage if outcome == "ok" else None,
                 outcome=outcome,
                 stream=True, first_token_s=opened.first_token_s, total_s=total_s)
+
+
+EXCLUDED_KEY = "thunder.excluded_s"
+
+
+def exclude_from_added_latency(scope: MutableMapping[str, Any], seconds: float) -> None:
+    """Time that is not the sidecar's own (gate wait, upstream): the latency middleware
+    subtracts it from the request's total."""
+    scope[EXCLUDED_KEY] = scope.get(EXCLUDED_KEY, 0.0) + seconds
 
 
 def _usage_of_body(content: bytes) -> Usage | None:

@@ -8,7 +8,6 @@ short and new OpenAI fields keep working.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import httpx
@@ -26,14 +25,13 @@ router = APIRouter()
 
 
 async def _complete(request: Request, tenant: str, route: Route, path: str) -> Response:
-    started = time.perf_counter()
     settings: SidecarSettings = request.app.state.settings
     proxy: Proxy = request.app.state.proxy
     parsed = prepare_request(await request.body(), route,
                              strip_program_id=settings.strip_program_id)
     identity = extract_program_id(parsed.body, request.headers, settings.max_program_id_length)
     response = await proxy.forward(request, path, namespaced(tenant, identity.program_id),
-                                   parsed, started, route)
+                                   parsed, route)
     response.headers["x-program-id"] = identity.program_id
     return response
 

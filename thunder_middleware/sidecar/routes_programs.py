@@ -60,7 +60,8 @@ def describe(runtime: SchedulerRuntime, program: TrackedProgram, *,
     }
     if runtime.environments is not None:
         described["environments"] = [
-            as_plain_dict(handle) for handle in runtime.environments.describe(program.key)
+            {**as_plain_dict(handle), "program_id": program.program_id}
+            for handle in runtime.environments.describe(program.key)
         ]
     if timeline:
         described["timeline"] = program.timeline.as_list()

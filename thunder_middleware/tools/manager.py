@@ -159,14 +159,12 @@ class EnvironmentManager:
             if record is None:
                 old = self._history.get(program_key)
                 if old is not None and old.reclaim_reason in FINAL_REASONS:
-                    raise ProgramReleased(
-                        f"program {program_key!r} was released; its environment is gone"
-                    )
+                    raise ProgramReleased("the program was released; its environment is gone")
                 spec = old.spec if old is not None else self.default_spec
                 if spec is None:
                     if required:
                         raise NoEnvironment(
-                            f"program {program_key!r} has no environment: declare one with "
+                            "the program has no environment: declare one with "
                             "PUT /programs/{id}/environment"
                         )
                     return None
@@ -347,7 +345,9 @@ class EnvironmentManager:
         self._current.pop(record.owner, None)
         self._history[record.owner] = record
         while len(self._history) > self.config.history:
-            self._history.popitem(last=False)
+            forgotten, _ = self._history.popitem(last=False)
+            if forgotten not in self._current:
+                self._locks.pop(forgotten, None)
         return counts, ports
 
     async def _destroy(self, record: EnvironmentRecord, reason: str) -> tuple[ReclaimedCounts, int]:

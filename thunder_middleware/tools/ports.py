@@ -3,10 +3,13 @@
 A port is lent to one owner at a time, and only after a bind test on loopback shows no other
 process (another sidecar, a test server) holds it; returned ports go to the back of the queue
 so a just-freed port (maybe still in TIME_WAIT or cached by a client) is reused last.
+The pool lends ports; the environment binds them later, so the bind test narrows but cannot
+close the window in which an unrelated process grabs the same port.
 """
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
 from collections import deque
@@ -32,6 +35,9 @@ class PortPool:
             raise ValueError("port range must lie within 1024..65535 and start <= end")
         self.host = host
         self._free: deque[int] = deque(range(start, end + 1))
+        # Start at a random point: two sidecars on one host (each with its own pool) then
+        # hand out different ports long before the bind test has to settle a race.
+        self._free.rotate(-random.randrange(len(self._free)))
         self._lent: dict[int, str] = {}
         self._lock = threading.Lock()
 

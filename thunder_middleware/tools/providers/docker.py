@@ -137,13 +137,14 @@ class DockerProvider(EnvironmentProvider):
                 mem_limit=spec.memory,
                 nano_cpus=int(spec.cpus * 1e9) if spec.cpus else None,
             )
+            upper = container.attrs.get("GraphDriver", {}).get("Data", {}).get("UpperDir")
         except Exception:
             self._remove_sync(name, list(volumes))
             raise
         return Instance(
             env_id=placement.env_id, owner=placement.owner, ref=str(container.id),
             host=self.publish_host,
-            data={"volumes": volumes, "name": name, "instance_id": placement.instance_id},
+            data={"volumes": volumes, "name": name, "upper_dir": upper},
         )
 
     async def is_running(self, instance: Instance) -> bool:
@@ -223,23 +224,34 @@ class DockerProvider(EnvironmentProvider):
                                list(instance.data.get("volumes", {})))
 
     async def disk_usage(self, instances: list[Instance]) -> dict[str, int]:
+        """The container's writable layer plus its volumes.
+
+        On the engine's host (the usual case) both are directories we can walk, which is cheap;
+        asking the engine for ``SizeRw`` makes it diff every container's layer (seconds with
+        dozens of containers), so that is only the fallback for a remote engine.
+        """
         if not instances:
             return {}
 
         def measure() -> dict[str, int]:
-            wanted = {item.env_id: item for item in instances}
-            usage = dict.fromkeys(wanted, 0)
-            listed = self.client.api.containers(
-                all=True, size=True, filters={"label": f"{labels.MANAGED}=true"}
-            )
-            for entry in listed:
-                env_id = (entry.get("Labels") or {}).get(labels.ENV_ID)
-                if env_id in usage:
-                    usage[env_id] += int(entry.get("SizeRw") or 0)
-            for env_id, item in wanted.items():
+            usage = dict.fromkeys((item.env_id for item in instances), 0)
+            remote: set[str] = set()
+            for item in instances:
+                upper = item.data.get("upper_dir")
+                if upper and Path(upper).is_dir():
+                    usage[item.env_id] += directory_usage(upper)
+                else:
+                    remote.add(item.env_id)
                 for mountpoint in item.data.get("volumes", {}).values():
-                    if mountpoint and Path(mountpoint).exists():
-                        usage[env_id] += directory_usage(mountpoint)
+                    if mountpoint and Path(mountpoint).is_dir():
+                        usage[item.env_id] += directory_usage(mountpoint)
+            if remote:
+                listed = self.client.api.containers(
+                    all=True, size=True, filters={"label": f"{labels.MANAGED}=true"})
+                for entry in listed:
+                    env_id = (entry.get("Labels") or {}).get(labels.ENV_ID)
+                    if env_id in remote:
+                        usage[env_id] += int(entry.get("SizeRw") or 0)
             return usage
 
         return await self._run("disk usage", measure)

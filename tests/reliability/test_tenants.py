@@ -1,0 +1,137 @@
+"""Two tenants on one sidecar: every cross-tenant access is refused, caps hold, keys matter.
+
+Cross-tenant refusals are 404, never 403: a tenant's program ids live in its own namespace,
+so another tenant's program is indistinguishable from one that does not exist (a 403 would
+confirm that the id is in use by someone). Missing or wrong keys are 401.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.sidecar.conftest import STRICT_POLICY, chat_body, wait_until
+from thunder_middleware.launch import RunningServer, start_sidecar
+from thunder_middleware.security import hash_key, new_key
+
+ALICE, BOB, CAROL = new_key(), new_key(), new_key()
+
+
+@pytest.fixture(scope="module")
+def guarded(fast_twin: RunningServer, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[tuple[RunningServer, Path]]:
+    root = tmp_path_factory.mktemp("tenants")
+    config = root / "sidecar.toml"
+    config.write_text(f'[[tenants]]\nname = "carol"\nkeys = ["{hash_key(CAROL)}"]\n'
+                      "max_programs = 2\nmax_environments = 1\n")
+    flags = [flag for flag in STRICT_POLICY if flag not in ("--env-provider", "none")]
+    server = start_sidecar([fast_twin.url], extra_args=[*flags, "--config", str(config)], env={
+        "THUNDER_API_KEYS": f"alice:{hash_key(ALICE)},bob:{hash_key(BOB)}",
+        "THUNDER_ENV_ROOT": str(root / "envs")})
+    try:
+        yield server, root / "envs"
+    finally:
+        server.stop()
+
+
+def _as(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_missing_or_wrong_keys_are_401(guarded: tuple[RunningServer, Path]) -> None:
+    server, _ = guarded
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for headers in ({}, _as("tm-wrong"), {"x-api-key": "tm-wrong"},
+                        {"Authorization": f"Basic {ALICE}"}):
+            for method, path, body in (
+                    ("POST", "/v1/chat/completions", chat_body("x", 5)),
+                    ("GET", "/v1/models", None), ("GET", "/programs", None),
+                    ("GET", "/programs/x", None), ("POST", "/programs", {"program_id": "x"}),
+                    ("POST", "/programs/release", {"program_id": "x"}),
+                    ("POST", "/programs/x/exec", {"command": "true"})):
+                response = client.request(method, path, json=body, headers=headers)
+                assert response.status_code == 401, (method, path, headers, response.text)
+                assert response.json()["error"]["type"] == "authentication_error"
+        assert client.get("/health").status_code == 200  # liveness stays open
+        assert client.post("/v1/chat/completions", json=chat_body("k", 5),
+                           headers={"x-api-key": ALICE}).status_code == 200
+
+
+def test_cross_tenant_access_is_refused(guarded: tuple[RunningServer, Path]) -> None:
+    server, _ = guarded
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for name in ("alice-secret", "same-name"):
+            assert client.post("/v1/chat/completions", json=chat_body(name, 20),
+                               headers=_as(ALICE)).status_code == 200
+        assert client.post("/programs", json={"program_id": "alice-env", "environment": {}},
+                           headers=_as(ALICE)).status_code == 200
+        ran = client.post("/programs/alice-env/exec", json={"command": "echo mine"},
+                          headers=_as(ALICE))
+        assert ran.status_code == 200 and "mine" in ran.json()["stdout"]
+        # bob uses the same id: he gets his own program, not alice's
+        assert client.post("/v1/chat/completions", json=chat_body("same-name", 20),
+                           headers=_as(BOB)).status_code == 200
+
+        bob_sees = {p["program_id"] for p in client.get("/programs", headers=_as(BOB))
+                    .json()["data"]}
+        assert bob_sees == {"same-name"}
+        for method, path, body in (
+                ("GET", "/programs/alice-secret", None),
+                ("GET", "/programs/alice-env/environment", None),
+                ("POST", "/programs/release", {"program_id": "alice-secret"}),
+                ("POST", "/programs/release", {"program_id": "alice-env"}),
+                ("POST", "/programs/alice-env/exec", {"command": "echo stolen"})):
+            response = client.request(method, path, json=body, headers=_as(BOB))
+            if method == "GET" and path.endswith("/environment"):
+                assert response.status_code == 200 and response.json()["data"] == []
+            else:
+                assert response.status_code == 404, (method, path, response.text)
+                assert "alice" not in response.text
+
+        alice_sees = {p["program_id"]: p for p in client.get("/programs", headers=_as(ALICE))
+                      .json()["data"]}
+        assert {"alice-secret", "same-name", "alice-env"} <= set(alice_sees)
+        assert all(alice_sees[name]["status"] != "terminated"
+                   for name in ("alice-secret", "alice-env"))
+        assert alice_sees["same-name"]["summary"]["steps"] == 1  # bob's call is not hers
+        assert client.get("/programs/alice-env/environment", headers=_as(ALICE)
+                          ).json()["data"]
+        for name in ("alice-secret", "same-name", "alice-env"):
+            assert client.post("/programs/release", json={"program_id": name},
+                               headers=_as(ALICE)).status_code == 200
+
+
+def test_tenant_caps_are_429_with_retry_after(guarded: tuple[RunningServer, Path]) -> None:
+    server, envs = guarded
+    with httpx.Client(base_url=server.url, timeout=30, headers=_as(CAROL)) as client:
+        for name in ("c1", "c2"):
+            assert client.post("/v1/chat/completions", json=chat_body(name, 10)
+                               ).status_code == 200
+        for over in (client.post("/v1/chat/completions", json=chat_body("c3", 10)),
+                     client.post("/programs", json={"program_id": "c3"})):
+            assert over.status_code == 429, over.text
+            assert int(over.headers["retry-after"]) >= 1
+            assert over.json()["error"]["code"] == "too_many_programs"
+        # another tenant is not affected by carol's cap
+        assert client.post("/v1/chat/completions", json=chat_body("c3", 10),
+                           headers=_as(ALICE)).status_code == 200
+        assert client.post("/programs/release", json={"program_id": "c2"}).status_code == 200
+        assert client.post("/programs", json={"program_id": "c3"}).status_code == 200
+        # one environment at most
+        assert client.put("/programs/c1/environment", json={}).status_code == 200
+        over_env = client.put("/programs/c3/environment", json={})
+        assert over_env.status_code == 429 and over_env.json()["error"]["code"] == \
+            "too_many_environments"
+        for name in ("c1", "c3"):
+            assert client.post("/programs/release", json={"program_id": name}
+                               ).status_code == 200
+        client.post("/programs/release", json={"program_id": "c3"}, headers=_as(ALICE))
+    wait_until(lambda: not any(envs.iterdir()), timeout=20, what="environments reclaimed")
+
+
+def test_remote_bind_without_keys_is_refused() -> None:
+    with pytest.raises(RuntimeError, match="refusing to listen"):
+        start_sidecar(["http://127.0.0.1:9"], extra_args=["--host", "0.0.0.0"], timeout=30)

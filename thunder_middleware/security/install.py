@@ -1,0 +1,59 @@
+"""Plug the security layer into a sidecar app: tenant resolution, caps, request limits.
+
+The sidecar's ``tenancy.resolve_tenant`` asks ``app.state.tenant_resolver``; this module
+provides it (API key -> tenant, 401 otherwise) and turns this package's framework-free
+refusals into the sidecar's OpenAI-style APIError.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+
+from thunder_middleware.security.auth import Authenticator
+from thunder_middleware.security.config import SecurityConfig
+from thunder_middleware.security.errors import AccessRefused
+from thunder_middleware.security.limits import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_HEADER_BYTES,
+    RequestLimits,
+    TenantCaps,
+)
+from thunder_middleware.sidecar.errors import APIError
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimitSettings:
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+
+
+def as_api_error(refused: AccessRefused) -> APIError:
+    return APIError(refused.status_code, refused.message, code=refused.code,
+                    param=refused.param, retry_after=refused.retry_after)
+
+
+def install_security(app: FastAPI, config: SecurityConfig,
+                     limits: RequestLimitSettings | None = None) -> TenantCaps:
+    """Make ``app`` authenticate callers and enforce limits; returns the caps to consult
+    when a tenant starts a program or an environment."""
+    authenticator = Authenticator(config)
+    caps = TenantCaps(config)
+
+    async def tenant_resolver(request: Request) -> str:
+        try:
+            return await authenticator.tenant_of(request.headers)
+        except AccessRefused as refused:
+            raise as_api_error(refused) from refused
+
+    app.state.tenant_resolver = tenant_resolver
+    app.state.authenticator = authenticator
+    app.state.tenant_caps = caps
+    limits = limits or RequestLimitSettings()
+    app.add_middleware(RequestLimits, max_body_bytes=limits.max_body_bytes,
+                       max_header_bytes=limits.max_header_bytes,
+                       body_timeout_s=limits.body_timeout_s)
+    return caps
