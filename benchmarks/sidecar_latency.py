@@ -107,6 +107,12 @@ def _histogram_quantile(before: list[tuple[float, float]], after: list[tuple[flo
     return lower
 
 
+def _cpu_seconds(pid: int) -> float:
+    """user + system CPU of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _quantile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -128,8 +134,10 @@ def main() -> None:
         direct, direct_errors = asyncio.run(_load(twin.url, args.programs, args.seconds,
                                                   args.seed))
         before = _buckets(sidecar.url)
+        cpu_before = _cpu_seconds(sidecar.process.pid)
         proxied, proxied_errors = asyncio.run(_load(sidecar.url, args.programs, args.seconds,
                                                     args.seed))
+        cpu_per_call = (_cpu_seconds(sidecar.process.pid) - cpu_before) / max(len(proxied), 1)
         after = _buckets(sidecar.url)
 
     rows = {
@@ -156,6 +164,8 @@ def main() -> None:
     table.add_row("added (sidecar histogram)", "", "", "", f"{inner_p50 * 1e3:.2f}",
                   f"{inner_p99 * 1e3:.2f}", "")
     console.print(table)
+    console.print(f"sidecar CPU per proxied call: {cpu_per_call * 1e3:.2f} ms "
+                  "(includes its scrapes, ticks and idle loop)")
     verdict = "met" if added_p50 < 1.5e-3 else "MISSED"
     console.print(f"target p50 added < 1.5 ms: {verdict} ({added_p50 * 1e3:.2f} ms)")
 
@@ -196,7 +206,10 @@ def main() -> None:
         f"| added (sidecar's own histogram) | | | {inner_p50 * 1e3:.2f} | "
         f"{inner_p99 * 1e3:.2f} | |",
         "",
-        f"Target: added p50 < 1.5 ms: **{verdict}**.",
+        f"Sidecar CPU per proxied call (user + system of the sidecar process over the "
+        f"proxied phase, divided by calls): **{cpu_per_call * 1e3:.2f} ms**.",
+        "",
+        f"Target: added p50 < 1.5 ms (end-to-end difference): **{verdict}**.",
         "",
         "The histogram counts the time inside the sidecar's handler excluding the upstream "
         "call and the gate wait; the difference also includes the extra loopback hop and "

@@ -71,7 +71,7 @@ def model_calls(state: dict[str, Any]) -> int:
 
 
 def test_sync_graph_tags_every_call_and_releases(stack: Stack, program_id: str) -> None:
-    handler = ThunderCallbackHandler(stack.url)
+    handler = ThunderCallbackHandler()  # no URL: it follows the model to its sidecar
     graph = build_graph(model_for(stack))
     state = graph.invoke({"messages": [("user", TASK)]},
                          {"configurable": {"thread_id": program_id}, "callbacks": [handler]})

@@ -44,7 +44,7 @@ HOSTILE_BODIES: list[tuple[str, bytes, int]] = [
     ("truncated json", b'{"model": "qwen3-8b", "messages": [', 400),
     ("not an object", b"[1, 2, 3]", 400),
     ("NaN literal", b'{"model":"qwen3-8b","messages":[],"temperature":NaN}', 400),
-    ("deep nesting", b"[" * 50_000 + b"]" * 50_000, 400),
+    ("deep nesting", b"[" * 20_000 + b"]" * 20_000, 400),
     ("messages wrong type", orjson.dumps({"model": "qwen3-8b", "messages": 5}), 400),
     ("max_tokens as text", orjson.dumps(chat_body("t", 5, max_tokens="many")), 400),  # type: ignore[arg-type]
     ("program_id as number", orjson.dumps({**chat_body(None, 5), "program_id": 12}), 400),

@@ -63,12 +63,12 @@ def test_missing_or_wrong_keys_are_401(guarded: tuple[RunningServer, Path]) -> N
 def test_cross_tenant_access_is_refused(guarded: tuple[RunningServer, Path]) -> None:
     server, _ = guarded
     with httpx.Client(base_url=server.url, timeout=30) as client:
-        for name in ("alice-secret", "same-name"):
+        for name in ("secret-plan", "same-name"):
             assert client.post("/v1/chat/completions", json=chat_body(name, 20),
                                headers=_as(ALICE)).status_code == 200
-        assert client.post("/programs", json={"program_id": "alice-env", "environment": {}},
+        assert client.post("/programs", json={"program_id": "env-box", "environment": {}},
                            headers=_as(ALICE)).status_code == 200
-        ran = client.post("/programs/alice-env/exec", json={"command": "echo mine"},
+        ran = client.post("/programs/env-box/exec", json={"command": "echo mine"},
                           headers=_as(ALICE))
         assert ran.status_code == 200 and "mine" in ran.json()["stdout"]
         # bob uses the same id: he gets his own program, not alice's
@@ -79,27 +79,32 @@ def test_cross_tenant_access_is_refused(guarded: tuple[RunningServer, Path]) -> 
                     .json()["data"]}
         assert bob_sees == {"same-name"}
         for method, path, body in (
-                ("GET", "/programs/alice-secret", None),
-                ("GET", "/programs/alice-env/environment", None),
-                ("POST", "/programs/release", {"program_id": "alice-secret"}),
-                ("POST", "/programs/release", {"program_id": "alice-env"}),
-                ("POST", "/programs/alice-env/exec", {"command": "echo stolen"})):
+                ("GET", "/programs/secret-plan", None),
+                ("GET", "/programs/env-box/environment", None),
+                ("POST", "/programs/release", {"program_id": "secret-plan"}),
+                ("POST", "/programs/release", {"program_id": "env-box"}),
+                ("POST", "/programs/env-box/exec", {"command": "echo stolen"})):
             response = client.request(method, path, json=body, headers=_as(BOB))
             if method == "GET" and path.endswith("/environment"):
                 assert response.status_code == 200 and response.json()["data"] == []
-            else:
-                assert response.status_code == 404, (method, path, response.text)
+            else:  # exactly what an id nobody uses gets: existence is not leaked
+                unknown = client.request(method, path.replace("secret-plan", "nobody").replace(
+                    "env-box", "nobody"), json=body and {
+                        k: "nobody" for k in body} | ({"command": "true"} if "command" in body
+                                                      else {}), headers=_as(BOB))
+                assert response.status_code == unknown.status_code == 404, response.text
+                assert response.json()["error"]["code"] == unknown.json()["error"]["code"]
                 assert "alice" not in response.text
 
         alice_sees = {p["program_id"]: p for p in client.get("/programs", headers=_as(ALICE))
                       .json()["data"]}
-        assert {"alice-secret", "same-name", "alice-env"} <= set(alice_sees)
+        assert {"secret-plan", "same-name", "env-box"} <= set(alice_sees)
         assert all(alice_sees[name]["status"] != "terminated"
-                   for name in ("alice-secret", "alice-env"))
+                   for name in ("secret-plan", "env-box"))
         assert alice_sees["same-name"]["summary"]["steps"] == 1  # bob's call is not hers
-        assert client.get("/programs/alice-env/environment", headers=_as(ALICE)
+        assert client.get("/programs/env-box/environment", headers=_as(ALICE)
                           ).json()["data"]
-        for name in ("alice-secret", "same-name", "alice-env"):
+        for name in ("secret-plan", "same-name", "env-box"):
             assert client.post("/programs/release", json={"program_id": name},
                                headers=_as(ALICE)).status_code == 200
 

@@ -17,6 +17,7 @@ program when the root run ends or fails.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import uuid
 from collections.abc import Mapping
@@ -27,7 +28,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.outputs import ChatGeneration, LLMResult
 from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig, RunnableLambda
 
-from thunder_middleware.integrations.client import ThunderClient
+from thunder_middleware.integrations.client import ThunderClient, control_url
 from thunder_middleware.integrations.tagging import (
     program_id_from_metadata,
     tool_intents,
@@ -109,6 +110,10 @@ class ThunderCallbackHandler(BaseCallbackHandler):
     def __init__(self, sidecar_url: str | None = None, *, client: ThunderClient | None = None,
                  program_id: str | None = None, release_on_end: bool = True,
                  send_tool_intent: bool = True) -> None:
+        # Without a URL (argument, client, THUNDER_SIDECAR_URL) the handler follows the first
+        # chat model it sees: its serialized openai_api_base *is* the sidecar's /v1.
+        self._follow_model = (client is None and sidecar_url is None
+                              and not os.environ.get("THUNDER_SIDECAR_URL"))
         self.client = client or ThunderClient(sidecar_url, attempts=2)
         self.program_id = program_id
         self.release_on_end = release_on_end
@@ -140,9 +145,16 @@ class ThunderCallbackHandler(BaseCallbackHandler):
                        metadata: dict[str, Any] | None = None, **kwargs: Any) -> None:
         self._remember(run_id, parent_run_id, metadata)
 
+    def _follow(self, serialized: dict[str, Any] | None) -> None:
+        base = ((serialized or {}).get("kwargs") or {}).get("openai_api_base")
+        if self._follow_model and isinstance(base, str) and base:
+            self._follow_model = False
+            self.client = ThunderClient(control_url(base), attempts=2)
+
     def on_chat_model_start(self, serialized: dict[str, Any] | None, messages: Any, *,
                             run_id: UUID, parent_run_id: UUID | None = None,
                             metadata: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        self._follow(serialized)
         self._remember(run_id, parent_run_id, metadata)
 
     def on_llm_start(self, serialized: dict[str, Any] | None, prompts: Any, *, run_id: UUID,

@@ -94,8 +94,41 @@ class BackendState:
         shift = self.lambda_eff - self._config.lambda_max
         return (self._config.lambda_min + shift) * self.capacity
 
-    def over(self, now: float) -> bool:
+    def reasoning_committed(self) -> float:
+        """The part of the committed demand that is in flight now (no decay, no marks)."""
+        demand = self.demand
+        counted = demand.reasoning_count
+        if not counted:
+            return 0.0
+        shared = self.shared
+        corrected = max(demand.reasoning_sum - shared * counted, 0.0) + shared
+        floor = self._config.min_sharing_factor * demand.reasoning_sum
+        return corrected if corrected > floor else floor
+
+    @property
+    def reasoning_limit(self) -> float:
+        """In-flight requests never get more than lambda_max * C, overcommit or not.
+
+        The cost model's overcommit trades cached contexts of *acting* programs for
+        throughput; requests in flight beyond the capacity make the engine preempt running
+        requests instead, which recomputes them mid-decode (measured: preemptions appear as
+        soon as lambda_eff > lambda_max applies to everything).
+        """
+        return self._config.lambda_max * self.capacity
+
+    def over_total(self, now: float) -> bool:
         return self.committed(now) > self.high_watermark
+
+    def over(self, now: float) -> bool:
+        return self.over_total(now) or self.reasoning_committed() > self.reasoning_limit
+
+    def room(self, now: float) -> float:
+        """Tokens a restore may still add: under the high watermark and the in-flight limit."""
+        demand = self.demand
+        held = max(demand.marked_sum - self.shared * demand.marked_count, 0.0)
+        total = self.high_watermark - self.occupied(now)
+        in_flight = self.reasoning_limit - self.reasoning_committed() - held
+        return total if total < in_flight else in_flight
 
     def below_low_from(self) -> float:
         """Earliest time the occupied demand can be under the low watermark by decay alone.

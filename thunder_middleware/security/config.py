@@ -27,7 +27,8 @@ class TenantConfig(BaseModel):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     keys: list[str] = Field(default_factory=list)
     max_programs: int | None = Field(default=None, ge=1, description="live programs at once")
-    max_environments: int | None = Field(default=None, ge=0, description="tool environments at once")
+    max_environments: int | None = Field(default=None, ge=0,
+                                         description="tool environments at once")
 
     @field_validator("keys")
     @classmethod
@@ -100,8 +101,12 @@ def load_security_config(toml_path: Path | None = None, env: dict[str, str] | No
         {"tenants": data.get("tenants", []),
          **{k: v for k, v in data.items() if k.startswith("default_max_")},
          **{k: v for k, v in defaults.items() if v is not None}})
-    from_env = parse_api_keys_env((env or {}).get(API_KEYS_ENV, ""))
-    for extra in from_env:
+    return merge_api_keys(config, (env or {}).get(API_KEYS_ENV, ""))
+
+
+def merge_api_keys(config: SecurityConfig, api_keys: str) -> SecurityConfig:
+    """Add the ``tenant:hash,...`` keys to ``config`` (joining tenants of the same name)."""
+    for extra in parse_api_keys_env(api_keys):
         known = config.tenant(extra.name)
         if known is None:
             config.tenants.append(extra)

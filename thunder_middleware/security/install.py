@@ -7,6 +7,7 @@ refusals into the sidecar's OpenAI-style APIError.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
@@ -22,6 +23,8 @@ from thunder_middleware.security.limits import (
     TenantCaps,
 )
 from thunder_middleware.sidecar.errors import APIError
+from thunder_middleware.sidecar.identity import is_anonymous_key, split_key
+from thunder_middleware.sidecar.registry import ProgramRegistry
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,3 +60,31 @@ def install_security(app: FastAPI, config: SecurityConfig,
                        max_header_bytes=limits.max_header_bytes,
                        body_timeout_s=limits.body_timeout_s)
     return caps
+
+
+def tenant_admission(caps: TenantCaps, registry: ProgramRegistry,
+                     environment_owners: Callable[[], Iterable[str]]
+                     ) -> tuple[Callable[[str], None], Callable[[str], None]]:
+    """The runtime's two admission hooks: may this program key start a program / an
+    environment? Anonymous single-call programs are not counted: they end with their call."""
+
+    def admit_program(key: str) -> None:
+        if is_anonymous_key(key):
+            return
+        tenant = split_key(key)[0]
+        live = sum(1 for program in registry.live.values()
+                   if program.tenant == tenant and not program.anonymous)
+        try:
+            caps.admit_program(tenant, live)
+        except AccessRefused as refused:
+            raise as_api_error(refused) from refused
+
+    def admit_environment(key: str) -> None:
+        tenant = split_key(key)[0]
+        owned = sum(1 for owner in environment_owners() if split_key(owner)[0] == tenant)
+        try:
+            caps.admit_environment(tenant, owned)
+        except AccessRefused as refused:
+            raise as_api_error(refused) from refused
+
+    return admit_program, admit_environment

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from thunder_middleware.policy import PolicyConfig, ProgramScheduler
-from thunder_middleware.sidecar.backends.pool import BackendPool, make_client
+from thunder_middleware.sidecar.backends.pool import BackendPool, make_client, make_session
 from thunder_middleware.sidecar.environments import EnvironmentLink, environment_link_for
 from thunder_middleware.sidecar.errors import install_error_handlers
 from thunder_middleware.sidecar.metrics import SidecarMetrics, StateCollector
@@ -74,11 +74,12 @@ def create_app(
 ) -> FastAPI:
     """Build the sidecar; ``store`` and ``environment_link`` are the plug-in points."""
     metrics = SidecarMetrics()
-    client = make_client(settings.max_connections, settings.request_timeout,
-                         settings.connect_timeout, settings.backend_api_key)
-    pool = BackendPool(settings.backends, client, kind=settings.backend_kind,
-                       capacity_tokens=settings.backend_capacity,
-                       metrics_interval=settings.metrics_interval)
+    pool = BackendPool(
+        settings.backends, make_client(settings.connect_timeout), kind=settings.backend_kind,
+        capacity_tokens=settings.backend_capacity, metrics_interval=settings.metrics_interval,
+        session_factory=lambda: make_session(settings.max_connections, settings.request_timeout,
+                                             settings.connect_timeout, settings.backend_api_key),
+    )
     runtime = SchedulerRuntime(
         ProgramScheduler(policy_config(settings)), pool, metrics,
         store or InMemoryProgramStore(), time_scale=settings.time_scale,

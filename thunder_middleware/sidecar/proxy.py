@@ -15,8 +15,7 @@ from collections.abc import AsyncIterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
-import httpx
+import aiohttp
 import orjson
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
@@ -42,6 +41,10 @@ _JSON_HEADERS = {"content-type": "application/json"}
 CLIENT_CLOSED_REQUEST = 499  # nginx's convention; nobody reads it, the client is gone
 
 
+#: what a dead, hung or half-closed backend raises in aiohttp
+UPSTREAM_ERRORS = (aiohttp.ClientError, TimeoutError)
+
+
 class UpstreamFailed(Exception):
     """The backend failed the call before the client saw a byte: retryable elsewhere."""
 
@@ -50,7 +53,7 @@ class UpstreamFailed(Exception):
 class OpenStream:
     """An upstream stream whose first events were already read."""
 
-    response: httpx.Response
+    response: aiohttp.ClientResponse
     chunks: AsyncIterator[bytes]
     splitter: SSEEventSplitter
     first_events: list[bytes]
@@ -59,12 +62,21 @@ class OpenStream:
 
 
 class Proxy:
-    """Forwards one route's calls; one instance per app."""
+    """Forwards one route's calls; one instance per app.
+
+    Upstream calls go through one pooled aiohttp session: measured here at about 0.2 ms of
+    CPU per call against 0.55 ms for httpx over the same aiohttp pool and 1.1-1.5 ms for
+    httpx's own pool (which polls every idle connection on each request), and this is the
+    hot path of every LLM call. Control-plane calls (scrapes, probes, models) use httpx.
+    """
 
     def __init__(self, runtime: SchedulerRuntime, metrics: SidecarMetrics) -> None:
         self.runtime = runtime
         self.metrics = metrics
-        self.client = runtime.pool.client
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        return self.runtime.pool.session
 
     async def forward(self, request: Request, path: str, key: str, parsed: ParsedRequest,
                       route: str) -> Response:
@@ -107,43 +119,44 @@ class Proxy:
                     route: str) -> Response:
         sent_at = time.perf_counter()
         try:
-            upstream = await unless_disconnected(
-                self.client.post(lease.backend + path, content=parsed.upstream_body,
-                                 headers=_JSON_HEADERS),
-                request.receive,
-            )
+            status, content_type, content = await unless_disconnected(
+                self._post(lease.backend + path, parsed.upstream_body), request.receive)
         except ClientDisconnected:
             self.runtime.complete(lease, usage=None, outcome="aborted", stream=False,
                                   first_token_s=None, total_s=time.perf_counter() - sent_at)
             self.metrics.requests.labels(route=route, outcome="aborted").inc()
             return Response(status_code=CLIENT_CLOSED_REQUEST)
-        except httpx.HTTPError as exc:
+        except UPSTREAM_ERRORS as exc:
             raise self._fail(request, lease, repr(exc), sent_at, False) from exc
         upstream_s = time.perf_counter() - sent_at
-        if upstream.status_code >= 500:
-            raise self._fail(request, lease, f"HTTP {upstream.status_code}", sent_at, False)
+        if status >= 500:
+            raise self._fail(request, lease, f"HTTP {status}", sent_at, False)
         exclude_from_added_latency(request.scope, upstream_s + lease.queue_wait_s)
-        content = upstream.content
         usage: Usage | None = None
-        if upstream.status_code == 200:
+        if status == 200:
             usage = _usage_of_body(content)
         self.runtime.complete(lease, usage=usage, outcome="ok" if usage else "failed",
                               stream=False, first_token_s=None, total_s=upstream_s)
-        self.metrics.requests.labels(route=route, outcome=str(upstream.status_code)).inc()
-        return Response(content=content, status_code=upstream.status_code,
-                        media_type=upstream.headers.get("content-type", "application/json"))
+        self.metrics.requests.labels(route=route, outcome=str(status)).inc()
+        return Response(content=content, status_code=status, media_type=content_type)
 
+    async def _post(self, url: str, body: bytes) -> tuple[int, str, bytes]:
+        """One non-streaming upstream call; cancelling it closes its connection, which is
+        how the backend learns that the client left."""
+        async with self.session.post(url, data=body, headers=_JSON_HEADERS) as upstream:
+            content = await upstream.read()
+            return upstream.status, upstream.headers.get("content-type",
+                                                         "application/json"), content
     # --- streaming -----------------------------------------------------------------------
     async def _open_stream(self, path: str, lease: Lease, parsed: ParsedRequest) -> OpenStream:
         """Send, and read until the first whole event: until then nothing reached the
         client, so a failure here is still retryable."""
         sent_at = time.perf_counter()
-        request = self.client.build_request("POST", lease.backend + path,
-                                            content=parsed.upstream_body, headers=_JSON_HEADERS)
-        response = await self.client.send(request, stream=True)
-        chunks = response.aiter_raw()
+        response = await self.session.post(lease.backend + path, data=parsed.upstream_body,
+                                           headers=_JSON_HEADERS)
+        chunks = response.content.iter_any()
         splitter = SSEEventSplitter()
-        if response.status_code != 200:
+        if response.status != 200:
             return OpenStream(response, chunks, splitter, [], sent_at, None)
         events: list[bytes] = []
         try:
@@ -152,8 +165,7 @@ class Proxy:
                 if events:
                     break
         except BaseException:
-            with anyio.CancelScope(shield=True):
-                await response.aclose()
+            response.close()
             raise
         return OpenStream(response, chunks, splitter, events, sent_at,
                           time.perf_counter() - sent_at)
@@ -170,12 +182,16 @@ class Proxy:
                                   first_token_s=None, total_s=time.perf_counter() - sent_at)
             self.metrics.requests.labels(route=route, outcome="aborted").inc()
             return Response(status_code=CLIENT_CLOSED_REQUEST)
-        except httpx.HTTPError as exc:
+        except UPSTREAM_ERRORS as exc:
             raise self._fail(request, lease, repr(exc), sent_at, True) from exc
-        status = opened.response.status_code
+        status = opened.response.status
         if status != 200:
-            body = await opened.response.aread()
-            await opened.response.aclose()
+            try:
+                body = await opened.response.read()
+            except UPSTREAM_ERRORS as exc:
+                raise self._fail(request, lease, repr(exc), sent_at, True) from exc
+            finally:
+                opened.response.release()
             if status >= 500:
                 raise self._fail(request, lease, f"HTTP {status}", sent_at, True)
             self.runtime.complete(lease, usage=None, outcome="failed", stream=True,
@@ -184,7 +200,7 @@ class Proxy:
             return Response(content=body, status_code=status,
                             media_type=opened.response.headers.get("content-type"))
         if not opened.first_events:
-            await opened.response.aclose()
+            opened.response.close()
             raise self._fail(request, lease, "stream ended before its first event", sent_at,
                              True)
         self.metrics.requests.labels(route=route, outcome="200").inc()
@@ -217,14 +233,16 @@ class Proxy:
                 if rest.strip():
                     yield rest + b"\n\n"
                 outcome = "ok"
-            except httpx.HTTPError as exc:
+            except UPSTREAM_ERRORS as exc:
                 outcome = "failed"
                 self.runtime.backend_failed(lease.backend, repr(exc))
                 yield error_event(f"the backend stream broke midway: {exc!r}")
                 yield DONE_EVENT
         finally:
-            with anyio.CancelScope(shield=True):
-                await opened.response.aclose()
+            if outcome == "ok":
+                opened.response.release()  # fully read: the connection goes back to the pool
+            else:
+                opened.response.close()  # aborted or broken: drop the connection
             total_s = time.perf_counter() - opened.sent_at
             exclude_from_added_latency(scope, total_s)
             self.runtime.complete(

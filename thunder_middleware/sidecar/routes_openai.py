@@ -57,7 +57,7 @@ async def models(request: Request, tenant: str = Depends(resolve_tenant)) -> Res
 
     async def fetch(name: str) -> list[dict[str, Any]]:
         try:
-            response = await proxy.client.get(name + "/v1/models", timeout=5.0)
+            response = await pool.client.get(name + "/v1/models", timeout=5.0)
             data = response.json().get("data", []) if response.status_code == 200 else []
         except (httpx.HTTPError, ValueError, AttributeError):
             return []

@@ -2,7 +2,7 @@
 
 from thunder_middleware.sidecar.backends.base import Backend, BackendMetrics, BackendUnavailable
 from thunder_middleware.sidecar.backends.openai_compat import OpenAICompatBackend
-from thunder_middleware.sidecar.backends.pool import BackendPool, make_client
+from thunder_middleware.sidecar.backends.pool import BackendPool, make_client, make_session
 from thunder_middleware.sidecar.backends.sglang import SGLangBackend
 from thunder_middleware.sidecar.backends.vllm import VLLMBackend
 
@@ -15,4 +15,5 @@ __all__ = [
     "SGLangBackend",
     "VLLMBackend",
     "make_client",
+    "make_session",
 ]

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
+import aiohttp
 import httpx
-from httpx_aiohttp import AiohttpTransport
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -50,24 +51,25 @@ class PoolListener(Protocol):
     def backend_metrics(self, backend: Backend, metrics: BackendMetrics) -> None: ...
 
 
-def make_client(max_connections: int, request_timeout: float, connect_timeout: float,
-                api_key: str | None = None) -> httpx.AsyncClient:
-    """One client for every upstream call: pooled keep-alive connections, sized for
-    a thousand concurrent programs.
-
-    The httpx API is kept, but connections are pooled by aiohttp (httpx-aiohttp): httpcore's
-    pool polls every idle connection on each request, which at hundreds of connections was
-    most of the sidecar's CPU per call (see benchmarks/results/sidecar_latency.md).
-    """
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
-    limits = httpx.Limits(
-        max_connections=max_connections,
-        max_keepalive_connections=max_connections,
-        keepalive_expiry=30.0,
-    )
+def make_client(connect_timeout: float) -> httpx.AsyncClient:
+    """The control-plane client: scrapes, probes, model lists (a few calls a second)."""
     return httpx.AsyncClient(
-        transport=AiohttpTransport(limits=limits),
-        timeout=httpx.Timeout(request_timeout, connect=connect_timeout, pool=request_timeout),
+        limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+        timeout=httpx.Timeout(10.0, connect=connect_timeout),
+    )
+
+
+def make_session(max_connections: int, request_timeout: float, connect_timeout: float,
+                 api_key: str | None = None) -> aiohttp.ClientSession:
+    """The data-plane pool every proxied call goes through: keep-alive connections sized
+    for a thousand concurrent programs (see Proxy for why aiohttp). Must be made inside
+    the running event loop."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=max_connections, limit_per_host=0,
+                                       keepalive_timeout=30.0),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout,
+                                      sock_read=request_timeout),
         headers=headers,
     )
 
@@ -100,6 +102,7 @@ class BackendPool:
         capacity_tokens: int | None = None,
         metrics_interval: float = 1.0,
         max_backoff: float = 5.0,
+        session_factory: Callable[[], aiohttp.ClientSession] | None = None,
     ) -> None:
         self.urls = [url.rstrip("/") for url in urls]
         self.client = client
@@ -113,12 +116,22 @@ class BackendPool:
         self._wake: dict[str, asyncio.Event] = {url: asyncio.Event() for url in self.urls}
         self._tasks: list[asyncio.Task[None]] = []
         self._listener: PoolListener | None = None
+        self._session_factory = session_factory or aiohttp.ClientSession
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The pooled data-plane session (exists between start() and close())."""
+        if self._session is None:
+            raise RuntimeError("the backend pool is not started")
+        return self._session
 
     # --- lifecycle -----------------------------------------------------------------
     async def start(self, listener: PoolListener, wait_s: float = 10.0) -> None:
         """Start monitoring; return once every backend was tried once (or ``wait_s``), so
         that a sidecar answers its first request knowing which backends are up."""
         self._listener = listener
+        self._session = self._session_factory()
         self._tasks = [
             asyncio.create_task(self._monitor(url), name=f"monitor {url}") for url in self.urls
         ]
@@ -135,6 +148,8 @@ class BackendPool:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     # --- queries -------------------------------------------------------------------
     def is_healthy(self, name: str) -> bool:
