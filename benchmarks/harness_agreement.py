@@ -93,6 +93,14 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.time_scale:g}, seed {args.seed}. Reproduce: "
         "`.venv/bin/python -m benchmarks.harness_agreement`.",
         "",
+        "Live: closed-loop httpx agents send `/v1/completions` with token-id prompts, "
+        "`program_id`, `max_tokens = min_tokens`, `ignore_eos`; plain vLLM goes straight to "
+        f"`thunder-middleware sim --time-scale {args.time_scale:g}`, thunder through "
+        f"`thunder-middleware serve --time-scale {args.time_scale:g} --metrics-interval "
+        f"{1 / args.time_scale:g} --env-provider none`. Virtual: the same programs in "
+        "`sim.harness` with `engine_echoes_replies=False` (the live twin's reply ids are not "
+        "the ids the agents append).",
+        "",
         "| policy | harness | steps/min | hit rate | preemptions | mean step s |",
         "|---|---|---|---|---|---|",
     ]

@@ -20,10 +20,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import multiprocessing
 import platform
 import statistics
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -72,18 +74,42 @@ async def _program(client: httpx.AsyncClient, url: str, index: int, steps: int,
         errors[f"release {type(exc).__name__}"] += 1
 
 
-async def drive(url: str, programs: int, requests: int, max_tokens: int
-                ) -> tuple[list[float], Counter[str], float]:
+async def _drive(url: str, first: int, programs: int, steps: int, max_tokens: int
+                 ) -> tuple[list[float], Counter[str]]:
     latencies: list[float] = []
     errors: Counter[str] = Counter()
-    steps = max(1, requests // programs)
-    limits = httpx.Limits(max_connections=programs, max_keepalive_connections=programs)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(120, connect=30), limits=limits) as client:
-        started = time.perf_counter()
+    # idle connections expire client-side well before uvicorn's 5 s keep-alive timeout, so a
+    # request never races the server closing the connection it reuses
+    limits = httpx.Limits(max_connections=programs, max_keepalive_connections=programs,
+                          keepalive_expiry=2.0)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(300, connect=60), limits=limits) as client:
         await asyncio.gather(*(_program(client, url, i, steps, max_tokens, latencies, errors)
-                               for i in range(programs)))
-        elapsed = time.perf_counter() - started
-    return latencies, errors, elapsed
+                               for i in range(first, first + programs)))
+    return latencies, errors
+
+
+def _client_process(url: str, first: int, programs: int, steps: int, max_tokens: int
+                    ) -> tuple[list[float], Counter[str]]:
+    return asyncio.run(_drive(url, first, programs, steps, max_tokens))
+
+
+def drive(url: str, programs: int, requests: int, max_tokens: int, clients: int
+          ) -> tuple[list[float], Counter[str], float]:
+    """Split the programs over ``clients`` processes: one Python client process cannot
+    keep 1,000 connections busy on its own, and the load generator must not be what limits."""
+    steps = max(1, requests // programs)
+    share = -(-programs // clients)
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    started = time.perf_counter()
+    with ProcessPoolExecutor(clients, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_client_process, url, first, min(share, programs - first),
+                               steps, max_tokens) for first in range(0, programs, share)]
+        for future in futures:
+            part_latencies, part_errors = future.result()
+            latencies += part_latencies
+            errors += part_errors
+    return latencies, errors, time.perf_counter() - started
 
 
 def live_programs(url: str) -> int:
@@ -93,7 +119,9 @@ def live_programs(url: str) -> int:
 
 def report(args: argparse.Namespace, latencies: list[float], errors: Counter[str],
            elapsed: float, sampler: ProcSampler, leftover: int) -> dict[str, Any]:
-    total = len(latencies) + sum(v for k, v in errors.items() if not k.startswith("http"))
+    total = len(latencies) + sum(v for k, v in errors.items()
+                                 if not k.startswith(("http", "release")))
+    cpu = (sampler.samples[-1].cpu_s - sampler.samples[0].cpu_s) if sampler.samples else 0.0
     return {
         "programs (concurrent)": args.programs,
         "requests": total,
@@ -103,6 +131,8 @@ def report(args: argparse.Namespace, latencies: list[float], errors: Counter[str
         "latency p50 (ms)": round(percentile(latencies, 0.50) * 1000, 1),
         "latency p99 (ms)": round(percentile(latencies, 0.99) * 1000, 1),
         "latency mean (ms)": round(statistics.fmean(latencies) * 1000, 1) if latencies else 0,
+        "sidecar CPU per request (ms)": round(cpu / max(1, total) * 1000, 2),
+        "sidecar CPU-bound ceiling (requests/s per core)": round(total / cpu) if cpu else 0,
         "sidecar RSS start (MiB)": round(sampler.samples[0].rss_mib, 1) if sampler.samples
         else 0,
         "sidecar peak RSS (MiB)": round(sampler.peak_rss_mib, 1),
@@ -129,10 +159,12 @@ def write(figures: dict[str, Any], errors: Counter[str], args: argparse.Namespac
         "",
         f"Command: `.venv/bin/python benchmarks/load.py --programs {args.programs} "
         f"--requests {args.requests} --twins {args.twins} --max-tokens {args.max_tokens} "
-        f"--time-scale {args.time_scale:g}`",
+        f"--time-scale {args.time_scale:g} --clients {args.clients}`",
         "",
         f"Machine: {platform.node()} ({platform.machine()}, {platform.python_version()}); "
-        "client, sidecar and twins share it, so requests/s is a floor for the sidecar.",
+        "client processes, sidecar and twins share it (and other work on the machine ran "
+        "at the same time), so requests/s is a floor; the sidecar's own CPU time per request "
+        "(from /proc) is the figure that does not depend on the machine's load.",
         "",
         "| measure | value |", "|---|---|",
         *[f"| {key} | {value} |" for key, value in figures.items()],
@@ -162,6 +194,7 @@ def main() -> None:
     parser.add_argument("--twins", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=2)
     parser.add_argument("--time-scale", type=float, default=5000.0)
+    parser.add_argument("--clients", type=int, default=4, help="client processes")
     args = parser.parse_args()
     twins: list[RunningServer] = []
     sidecar: RunningServer | None = None
@@ -170,8 +203,8 @@ def main() -> None:
         sidecar = start_sidecar([t.url for t in twins], extra_args=[
             "--env-provider", "none", "--metrics-interval", "1", "--no-cost-aware"])
         with ProcSampler(sidecar.process.pid) as sampler:
-            latencies, errors, elapsed = asyncio.run(
-                drive(sidecar.url, args.programs, args.requests, args.max_tokens))
+            latencies, errors, elapsed = drive(sidecar.url, args.programs, args.requests,
+                                               args.max_tokens, args.clients)
             time.sleep(1.0)  # one more sample after the clients are gone
         leftover = live_programs(sidecar.url)
         write(report(args, latencies, errors, elapsed, sampler, leftover), errors, args,

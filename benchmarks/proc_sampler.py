@@ -19,6 +19,16 @@ class ProcSample:
     rss_mib: float
     fds: int
     sockets: int
+    cpu_s: float  # user + system CPU seconds of the process so far
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
 
 def sample(pid: int, started: float = 0.0) -> ProcSample:
@@ -36,7 +46,7 @@ def sample(pid: int, started: float = 0.0) -> ProcSample:
                 sockets += 1
         except OSError:
             continue  # closed between listdir and readlink
-    return ProcSample(time.monotonic() - started, rss_kib / 1024, fds, sockets)
+    return ProcSample(time.monotonic() - started, rss_kib / 1024, fds, sockets, cpu_seconds(pid))
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """The sidecar's added latency per non-streaming request at 128 concurrent programs.
 
 128 agent-like programs each loop: one chat call (short prompt, 4 output tokens), then a
-tool pause (uniform 1-3 s, the short end of the SWE-agent tool times), for ``--seconds``. The same load runs twice against one
-engine twin (time scale 200, so the engine itself is fast): straight to the twin, then
-through a sidecar in front of it. Reported:
+tool pause (uniform 1-3 s, the short end of the SWE-agent tool times), for ``--seconds``.
+The same load runs twice against one engine twin (time scale 200, so the engine itself is
+fast): straight to the twin, then through a sidecar in front of it. Reported:
 
 * end-to-end latency p50/p99 both ways, and their difference (what a client sees added);
 * the sidecar's own histogram ``thunder_sidecar_added_latency_seconds`` (time inside the
@@ -211,9 +211,12 @@ def main() -> None:
         "",
         f"Target: added p50 < 1.5 ms (end-to-end difference): **{verdict}**.",
         "",
-        "The histogram counts the time inside the sidecar's handler excluding the upstream "
-        "call and the gate wait; the difference also includes the extra loopback hop and "
-        "HTTP parsing on both sides. ![cdf](sidecar_latency.png)",
+        "The histogram times the whole ASGI application (routing, body parsing, identity, "
+        "policy events, response writing) minus the upstream call and the gate wait. The "
+        "end-to-end difference also holds the extra loopback hop: the sidecar process must "
+        "be woken twice per call (request in, upstream reply in), and on a shared 2-core "
+        "machine with a run queue several deep each wake-up waits for a time slice; the "
+        "sidecar's CPU per call is the load-independent figure. ![cdf](sidecar_latency.png)",
         "",
     ]
     (RESULTS / "sidecar_latency.md").write_text("\n".join(lines))

@@ -202,8 +202,9 @@ def test_exec_tools_run_in_the_program_environment(stack: Stack, program_id: str
         """Run a shell command in the sandbox."""
         raise AssertionError("routed tools must run in the environment, not in-process")
 
-    middleware = ThunderMiddleware(stack.url, exec_tools={"shell": "command"},
-                                   preset="local-shell")
+    # No URL: the environment is registered at the first model call, once the model has
+    # shown where the sidecar is; exec would fail with "no environment" otherwise.
+    middleware = ThunderMiddleware(exec_tools={"shell": "command"}, preset="local-shell")
     agent = create_agent(chat_model(stack), [shell], middleware=[middleware],
                          checkpointer=InMemorySaver())
     state = agent.invoke({"messages": [{"role": "user", "content": TASK}]},

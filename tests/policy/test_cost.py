@@ -97,15 +97,28 @@ def test_scheduler_learns_when_to_overcommit(
     sched.add_backend("b", 5000, 0.0)
     feed(sched, prefill_s=prefill_s, tool_s=tool_s)
     assert (lambda_eff(sched) > 1.0) is overcommits
-    # five 1,100-token programs need 5,500 + output reserve > 5,000: the fifth is admitted
-    # only when the policy overcommits
+    # four 1,100-token programs finish their calls and start tools: 4,400 tokens of cached
+    # contexts. A fifth program (1,100 + output reserve) exceeds 5,000: it is admitted only
+    # when overcommitting the acting programs' caches pays
     start = 1e4
-    admitted = []
-    for i in range(5):
-        decisions = sched.on_request(f"p{i}", start, 0, 1100)
-        admitted.append(any(isinstance(d, Restore) for d in decisions))
-    assert admitted[:4] == [True] * 4
-    assert admitted[4] is overcommits
+    for i in range(4):
+        assert any(isinstance(d, Restore) for d in sched.on_request(f"p{i}", start, 0, 1100))
+    for i in range(4):
+        sched.on_request_done(f"p{i}", start, Usage(1050, 50, 0), CallTiming(0, 0.01, 1))
+    decisions = sched.on_request("p4", start, 0, 1100)
+    assert any(isinstance(d, Restore) for d in decisions) is overcommits
+
+
+def test_requests_in_flight_never_exceed_lambda_max_even_when_overcommitting() -> None:
+    sched = ProgramScheduler(PolicyConfig(cost_aware=True))
+    sched.add_backend("b", 5000, 0.0)
+    feed(sched, prefill_s=0.01, tool_s=30.0)
+    assert lambda_eff(sched) > 1.2
+    restored = [
+        any(isinstance(d, Restore) for d in sched.on_request(f"p{i}", 1e4, 0, 1100))
+        for i in range(5)
+    ]
+    assert restored == [True, True, True, True, False]  # 5 x 1,150 in flight > 5,000
 
 
 def test_published_policy_never_overcommits_however_cheap() -> None:

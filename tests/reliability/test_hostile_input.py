@@ -51,6 +51,7 @@ HOSTILE_BODIES: list[tuple[str, bytes, int]] = [
     ("program_id too long", orjson.dumps(chat_body("p" * 5000, 5)), 400),
     ("program_id with NUL", orjson.dumps(chat_body("a\x00b", 5)), 400),
     ("empty body", b"", 400),
+    ("body of nulls", b"\x00" * 1000, 400),
     ("integer beyond 64 bits", b'{"model":"qwen3-8b","max_tokens":' + b"9" * 40 + b"}", 400),
 ]
 
@@ -117,6 +118,22 @@ def test_trickled_body_within_the_timeout_is_served(strict: RunningServer) -> No
             time.sleep(BODY_TIMEOUT / 4)
         answer = sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+
+
+def test_half_sent_headers_do_not_block_other_clients(strict: RunningServer) -> None:
+    """Fifty connections that send half a header block and stall (slowloris) cost the
+    asyncio server a socket each, not a worker: a normal call still goes through at once."""
+    stalled = [_raw_request(strict.port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                            b"X-Slow: ") for _ in range(50)]
+    try:
+        started = time.monotonic()
+        response = httpx.post(strict.url + CHAT, json=chat_body("beside-slowloris", 5),
+                              timeout=30)
+        assert response.status_code == 200
+        assert time.monotonic() - started < 15
+    finally:
+        for sock in stalled:
+            sock.close()
 
 
 def test_sidecar_is_healthy_and_nothing_waits_afterwards(strict: RunningServer) -> None:

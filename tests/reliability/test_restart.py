@@ -102,5 +102,5 @@ def test_sigterm_drains_in_flight_requests() -> None:
         caller.join(60)
         assert results.get("status") == 200, results
         assert results["tokens"] == 400
-        assert server.process.returncode == 0
+        assert server.process.returncode in (0, -15)  # uvicorn re-raises SIGTERM after draining
         assert time.monotonic() - started < 30

@@ -110,3 +110,24 @@ def test_bind_rule(host: str, loopback: bool) -> None:
             check_bind(host, auth_enabled=False, allow_unauthenticated_remote=False)
     check_bind(host, auth_enabled=True, allow_unauthenticated_remote=False)
     check_bind(host, auth_enabled=False, allow_unauthenticated_remote=True)
+
+
+def test_keys_command_hashes_and_makes_keys() -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from thunder_middleware.security.cli import keys
+
+    app = typer.Typer()
+    app.command()(keys)
+    runner = CliRunner()
+    hashed = runner.invoke(app, ["hash", "--key", "tm-secret"])
+    assert hashed.exit_code == 0 and verify_key("tm-secret", hashed.stdout.strip())
+    from_stdin = runner.invoke(app, ["hash"], input="tm-secret\n")
+    assert verify_key("tm-secret", from_stdin.stdout.strip())
+    made = runner.invoke(app, ["new", "--tenant", "alpha"])
+    key_line, config_line = made.stdout.strip().splitlines()
+    key = key_line.split()[-1]
+    tenant, _, digest = config_line.removeprefix("THUNDER_API_KEYS=").partition(":")
+    assert tenant == "alpha" and verify_key(key, digest)
+    assert runner.invoke(app, ["explode"]).exit_code == 2

@@ -121,6 +121,7 @@ class ThunderMiddleware(AgentMiddleware[ThunderState, Any]):
         self.exec_timeout_s = exec_timeout_s
         self.release_on_end = release_on_end
         self.send_tool_intent = send_tool_intent
+        self._unregistered: set[str] = set()  # waiting for the model to reveal the sidecar
 
     # -- identity -------------------------------------------------------------------------
 
@@ -134,15 +135,25 @@ class ThunderMiddleware(AgentMiddleware[ThunderState, Any]):
     def _wants_registration(self) -> bool:
         return self.environment is not None or self.preset is not None
 
+    def _register_now(self, program_id: str) -> bool:
+        """Whether to register at agent start; else at the first model call, once the model
+        has told us where the sidecar is."""
+        if not self._wants_registration():
+            return False
+        if self._follow_model:
+            self._unregistered.add(program_id)
+            return False
+        return True
+
     def before_agent(self, state: ThunderState, runtime: Any) -> dict[str, Any] | None:
         program_id = self.resolve_program_id(None, runtime)
-        if self._wants_registration():
+        if self._register_now(program_id):
             self.client.register(program_id, environment=self.environment, preset=self.preset)
         return {PROGRAM_STATE_KEY: program_id}
 
     async def abefore_agent(self, state: ThunderState, runtime: Any) -> dict[str, Any] | None:
         program_id = self.resolve_program_id(None, runtime)
-        if self._wants_registration():
+        if self._register_now(program_id):
             await self.async_client.register(program_id, environment=self.environment,
                                              preset=self.preset)
         return {PROGRAM_STATE_KEY: program_id}
@@ -170,10 +181,20 @@ class ThunderMiddleware(AgentMiddleware[ThunderState, Any]):
                                                          program_id)
         return request.override(model_settings=settings)
 
+    def _deferred_registration(self, request: ModelRequest[Any]) -> str | None:
+        program_id = self.resolve_program_id(request.state, request.runtime)
+        if program_id in self._unregistered:
+            self._unregistered.discard(program_id)
+            return program_id
+        return None
+
     def wrap_model_call(self, request: ModelRequest[Any],
                         handler: Callable[[ModelRequest[Any]], ModelResponse[Any]]
                         ) -> ModelResponse[Any] | AIMessage:
         tagged = self.tag(request)
+        pending = self._deferred_registration(tagged)
+        if pending:
+            self.client.register(pending, environment=self.environment, preset=self.preset)
         try:
             return handler(tagged)
         except GraphBubbleUp:
@@ -187,6 +208,10 @@ class ThunderMiddleware(AgentMiddleware[ThunderState, Any]):
         handler: Callable[[ModelRequest[Any]], Awaitable[ModelResponse[Any]]],
     ) -> ModelResponse[Any] | AIMessage:
         tagged = self.tag(request)
+        pending = self._deferred_registration(tagged)
+        if pending:
+            await self.async_client.register(pending, environment=self.environment,
+                                             preset=self.preset)
         try:
             return await handler(tagged)
         except GraphBubbleUp:

@@ -14,6 +14,11 @@ Insert with ``litellm.callbacks = [ThunderLiteLLMCallback()]`` and pass
 - The sync ``litellm.completion`` runs none of the deployment hooks (checked in 1.110.2), so
   :func:`completion` tags the call and sends the intent itself; :func:`acompletion` does the
   same for async streams.
+- ``log_success_event`` / ``async_log_success_event`` are not used: they may run after the
+  caller already has the response (background logging), too late for readiness.
+
+The control API is found from the ``sidecar_url`` argument, else ``THUNDER_SIDECAR_URL``,
+else each call's ``api_base`` (the model is served by the sidecar's ``/v1``).
 """
 
 from __future__ import annotations

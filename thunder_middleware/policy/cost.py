@@ -36,9 +36,22 @@ policy). The scheduler picks ``e* = argmax S(e)`` over a fixed grid and uses
     lambda_eff = lambda_max + cost_gain * e* * c / C   (capped at cost_max_overcommit)
 
 as the high watermark, and lambda_min shifted by the same amount as the low one, so the
-hysteresis window keeps its width. Nothing is learned yet (fewer than ``cost_min_samples``
+hysteresis window keeps its width. The overcommit is only ever of *acting* programs' cached
+contexts: the requests in flight stay under lambda_max * C whatever lambda_eff says
+(backend.py), since beyond it the engine preempts running requests mid-decode, a cost the
+model above does not price. Nothing is learned yet (fewer than ``cost_min_samples``
 calls): ``lambda_eff = lambda_max``, the published policy. The grid search is deterministic
 and costs ~50 float operations per backend per tick.
+
+The same switch (``cost_aware``) turns on four refinements that price waiting against
+recomputation in the other decisions, each found in the virtual-time simulator:
+
+- the decay's half-life follows the learned mean tool time (``decay_tool_halflives``): a
+  program that will be back in a few seconds keeps its memory, a long tool gives it away;
+- an arrival that does not fit waits at the gate before any in-flight program is marked (a
+  mark frees nothing until that call ends, while the engine must hold everyone now);
+- a starving request goes to the head of the restore order rather than being forced in;
+- reasoning programs reserve the learned mean output they are about to decode.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""``thunder-middleware keys``: make API keys and the hashes the sidecar is configured with."""
+"""``thunder-middleware keys hash|new``: API keys and the hashes the sidecar is configured with.
+
+One command with an action argument (rather than a typer sub-app) so that it plugs into the
+top-level ``_COMMANDS`` table like every other command.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +12,24 @@ import typer
 
 from thunder_middleware.security.keys import hash_key, new_key
 
-keys_app = typer.Typer(help="API keys: generate keys and their at-rest hashes.",
-                       no_args_is_help=True)
 
-
-@keys_app.command("hash")
-def hash_command(
-    key: str = typer.Option(None, "--key", help="The key to hash (default: read from stdin)."),
+def keys(
+    action: str = typer.Argument(..., help="hash: hash a key (--key or stdin); new: make one."),
+    key: str = typer.Option(None, "--key", help="The key to hash (default: one stdin line)."),
+    tenant: str = typer.Option("default", help="Tenant named in the printed config line."),
 ) -> None:
-    """Print the salted scrypt hash of a key, for [[tenants]] keys or THUNDER_API_KEYS."""
+    """API keys: `keys hash` prints the salted scrypt hash of a key; `keys new` makes a key
+    and prints it once, with the THUNDER_API_KEYS entry that holds only its hash."""
+    if action not in ("hash", "new"):
+        typer.echo(f"unknown action {action!r}: use 'hash' or 'new'", err=True)
+        raise typer.Exit(2)
+    if action == "new":
+        fresh = new_key()
+        typer.echo(f"key:  {fresh}")
+        typer.echo(f"THUNDER_API_KEYS={tenant}:{hash_key(fresh)}")
+        return
     value = key if key is not None else sys.stdin.readline().strip()
     if not value:
         typer.echo("no key given (--key or one line on stdin)", err=True)
         raise typer.Exit(2)
     typer.echo(hash_key(value))
-
-
-@keys_app.command("new")
-def new_command(
-    tenant: str = typer.Option("default", help="Tenant the key is for (printed config line)."),
-) -> None:
-    """Generate a random key; print it once, with the config line holding only its hash."""
-    key = new_key()
-    typer.echo(f"key:  {key}")
-    typer.echo(f"THUNDER_API_KEYS={tenant}:{hash_key(key)}")

@@ -45,8 +45,9 @@ class TenantCaps:
 
 
 class BodyTooLarge(HTTPException):
-    """Raised from ``receive`` when a chunked body passes the limit (FastAPI re-raises
-    HTTPExceptions from body parsing, so it becomes a 413 and not a 400/500)."""
+    """Raised from ``receive`` when a chunked body passes the limit. An HTTPException so
+    that FastAPI's body parsing re-raises it instead of wrapping it; the middleware then
+    answers for it whatever handler caught it."""
 
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"request body exceeds the limit of {limit} bytes")
@@ -61,6 +62,11 @@ def _error(status: int, message: str, code: str) -> bytes:
     error_type = "timeout_error" if status == 408 else "invalid_request_error"
     return orjson.dumps({"error": {"message": message, "type": error_type, "param": None,
                                    "code": code}})
+
+
+async def _refuse(send: Send, refusal: HTTPException) -> None:
+    code = "body_too_large" if refusal.status_code == 413 else "body_timeout"
+    await _answer(send, refusal.status_code, str(refusal.detail), code)
 
 
 async def _answer(send: Send, status: int, message: str, code: str) -> None:
@@ -103,23 +109,29 @@ class RequestLimits:
                 await _answer(send, 413, f"request body exceeds the limit of "
                               f"{self.max_body_bytes} bytes", "body_too_large")
                 return
-        started = False
+        refusal: list[HTTPException] = []  # set by the guarded receive
+        answered = False
 
-        async def send_tracking(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
+        async def send_or_refuse(message: Message) -> None:
+            """Whatever the app answers after the body was refused (a handler's 400/500, or
+            FastAPI's 'error parsing the body'), the client gets our 413/408 instead."""
+            nonlocal answered
+            if answered:
+                return
+            if refusal and message["type"] == "http.response.start":
+                answered = True
+                await _refuse(send, refusal[0])
+                return
             await send(message)
 
         try:
-            await self.app(scope, self._guarded_receive(receive), send_tracking)
+            await self.app(scope, self._guarded_receive(receive, refusal), send_or_refuse)
         except (BodyTooLarge, BodyTimeout) as exc:
-            if started:
-                raise
-            code = "body_too_large" if exc.status_code == 413 else "body_timeout"
-            await _answer(send, exc.status_code, str(exc.detail), code)
+            if not answered:
+                answered = True
+                await _refuse(send, exc)
 
-    def _guarded_receive(self, receive: Receive) -> Receive:
+    def _guarded_receive(self, receive: Receive, refusal: list[HTTPException]) -> Receive:
         """``receive`` with a byte count and a per-chunk deadline while the body arrives;
         after the body, it is the plain ``receive`` (it then waits for a disconnect)."""
         received = 0
@@ -133,11 +145,13 @@ class RequestLimits:
                 message: dict[str, Any] = dict(
                     await asyncio.wait_for(receive(), self.body_timeout_s))
             except TimeoutError as exc:
-                raise BodyTimeout(self.body_timeout_s) from exc
+                refusal.append(BodyTimeout(self.body_timeout_s))
+                raise refusal[0] from exc
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
-                    raise BodyTooLarge(self.max_body_bytes)
+                    refusal.append(BodyTooLarge(self.max_body_bytes))
+                    raise refusal[0]
                 body_done = not message.get("more_body", False)
             else:
                 body_done = True

@@ -23,6 +23,7 @@ from thunder_middleware.sidecar.errors import install_error_handlers
 from thunder_middleware.sidecar.metrics import SidecarMetrics, StateCollector
 from thunder_middleware.sidecar.persistence import InMemoryProgramStore, ProgramStore
 from thunder_middleware.sidecar.proxy import EXCLUDED_KEY, Proxy
+from thunder_middleware.sidecar.routes_openai import hot_path_routes
 from thunder_middleware.sidecar.routes_openai import router as openai_router
 from thunder_middleware.sidecar.routes_programs import router as programs_router
 from thunder_middleware.sidecar.runtime import SchedulerRuntime
@@ -118,6 +119,7 @@ def create_app(
     install_error_handlers(app)
     link.install_error_handler(app)
     app.include_router(openai_router)
+    app.router.routes[0:0] = hot_path_routes()
     app.include_router(programs_router)
     app.include_router(link.router())
 

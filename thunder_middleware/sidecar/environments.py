@@ -34,8 +34,16 @@ def disabled_router() -> APIRouter:
     """The environment routes of contract 3, answering 501 when environments are off."""
     router = APIRouter()
 
-    @router.api_route("/programs/{program_id}/environment", methods=["GET", "PUT", "DELETE"])
-    async def environment(program_id: str) -> None:
+    @router.get("/programs/{program_id}/environment")
+    async def list_environments(program_id: str) -> None:
+        raise _disabled()
+
+    @router.put("/programs/{program_id}/environment")
+    async def declare_environment(program_id: str) -> None:
+        raise _disabled()
+
+    @router.delete("/programs/{program_id}/environment")
+    async def remove_environment(program_id: str) -> None:
         raise _disabled()
 
     @router.post("/programs/{program_id}/tool-intent")
