@@ -5,6 +5,9 @@ little each step, ``--max-tokens`` output tokens), all programs at once, then a 
 The twins run at a high time scale so that the engine is not the bottleneck: what is
 measured is the sidecar (its gate, policy, proxy and registry) at this concurrency.
 
+By default the sidecar runs as in production: one tenant's API key on every call, and the
+SQLite program store (a commit on every program state change).
+
 Measured: requests/s over the run, errors (non-200 answers and transport failures),
 latency p50/p99 per call, and the sidecar process's peak RSS, open file descriptors and
 sockets sampled from /proc every 0.25 s; after the run, the programs still live (zero
@@ -23,6 +26,7 @@ import contextlib
 import multiprocessing
 import platform
 import statistics
+import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -39,6 +43,7 @@ from rich.table import Table
 
 from benchmarks.proc_sampler import ProcSampler
 from thunder_middleware.launch import RunningServer, start_sidecar, start_twin
+from thunder_middleware.security import API_KEYS_ENV, hash_key, new_key
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -74,27 +79,29 @@ async def _program(client: httpx.AsyncClient, url: str, index: int, steps: int,
         errors[f"release {type(exc).__name__}"] += 1
 
 
-async def _drive(url: str, first: int, programs: int, steps: int, max_tokens: int
-                 ) -> tuple[list[float], Counter[str]]:
+async def _drive(url: str, first: int, programs: int, steps: int, max_tokens: int,
+                 api_key: str | None) -> tuple[list[float], Counter[str]]:
     latencies: list[float] = []
     errors: Counter[str] = Counter()
     # idle connections expire client-side well before uvicorn's 5 s keep-alive timeout, so a
     # request never races the server closing the connection it reuses
     limits = httpx.Limits(max_connections=programs, max_keepalive_connections=programs,
                           keepalive_expiry=2.0)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(300, connect=60), limits=limits) as client:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    async with httpx.AsyncClient(timeout=httpx.Timeout(300, connect=60), limits=limits,
+                                 headers=headers) as client:
         await asyncio.gather(*(_program(client, url, i, steps, max_tokens, latencies, errors)
                                for i in range(first, first + programs)))
     return latencies, errors
 
 
-def _client_process(url: str, first: int, programs: int, steps: int, max_tokens: int
-                    ) -> tuple[list[float], Counter[str]]:
-    return asyncio.run(_drive(url, first, programs, steps, max_tokens))
+def _client_process(url: str, first: int, programs: int, steps: int, max_tokens: int,
+                    api_key: str | None) -> tuple[list[float], Counter[str]]:
+    return asyncio.run(_drive(url, first, programs, steps, max_tokens, api_key))
 
 
-def drive(url: str, programs: int, requests: int, max_tokens: int, clients: int
-          ) -> tuple[list[float], Counter[str], float]:
+def drive(url: str, programs: int, requests: int, max_tokens: int, clients: int,
+          api_key: str | None) -> tuple[list[float], Counter[str], float]:
     """Split the programs over ``clients`` processes: one Python client process cannot
     keep 1,000 connections busy on its own, and the load generator must not be what limits."""
     steps = max(1, requests // programs)
@@ -104,7 +111,8 @@ def drive(url: str, programs: int, requests: int, max_tokens: int, clients: int
     started = time.perf_counter()
     with ProcessPoolExecutor(clients, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(_client_process, url, first, min(share, programs - first),
-                               steps, max_tokens) for first in range(0, programs, share)]
+                               steps, max_tokens, api_key)
+                   for first in range(0, programs, share)]
         for future in futures:
             part_latencies, part_errors = future.result()
             latencies += part_latencies
@@ -112,8 +120,9 @@ def drive(url: str, programs: int, requests: int, max_tokens: int, clients: int
     return latencies, errors, time.perf_counter() - started
 
 
-def live_programs(url: str) -> int:
-    data = httpx.get(url + "/programs", timeout=30).json()["data"]
+def live_programs(url: str, api_key: str | None) -> int:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    data = httpx.get(url + "/programs", timeout=30, headers=headers).json()["data"]
     return sum(1 for program in data if program["status"] != "terminated")
 
 
@@ -159,7 +168,11 @@ def write(figures: dict[str, Any], errors: Counter[str], args: argparse.Namespac
         "",
         f"Command: `.venv/bin/python benchmarks/load.py --programs {args.programs} "
         f"--requests {args.requests} --twins {args.twins} --max-tokens {args.max_tokens} "
-        f"--time-scale {args.time_scale:g} --clients {args.clients}`",
+        f"--time-scale {args.time_scale:g} --clients {args.clients}"
+        f"{'' if args.auth else ' --no-auth'}{'' if args.persist else ' --no-state-dir'}`",
+        "",
+        f"Sidecar: API keys {'on (Bearer, one tenant)' if args.auth else 'off'}, program "
+        f"store {'SQLite (WAL) in a temp --state-dir' if args.persist else 'in memory'}.",
         "",
         f"Machine: {platform.node()} ({platform.machine()}, {platform.python_version()}); "
         "client processes, sidecar and twins share it (and other work on the machine ran "
@@ -195,18 +208,26 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=2)
     parser.add_argument("--time-scale", type=float, default=5000.0)
     parser.add_argument("--clients", type=int, default=4, help="client processes")
+    parser.add_argument("--no-auth", dest="auth", action="store_false",
+                        help="run without API keys (default: one tenant key, Bearer auth)")
+    parser.add_argument("--no-state-dir", dest="persist", action="store_false",
+                        help="keep programs in memory (default: SQLite store in a temp dir)")
     args = parser.parse_args()
     twins: list[RunningServer] = []
     sidecar: RunningServer | None = None
     try:
         twins = [start_twin(time_scale=args.time_scale) for _ in range(args.twins)]
-        sidecar = start_sidecar([t.url for t in twins], extra_args=[
-            "--env-provider", "none", "--metrics-interval", "1", "--no-cost-aware"])
+        api_key = new_key() if args.auth else None
+        flags = ["--env-provider", "none", "--metrics-interval", "1", "--no-cost-aware"]
+        if args.persist:
+            flags += ["--state-dir", tempfile.mkdtemp(prefix="thunder-load-state-")]
+        env = {API_KEYS_ENV: f"bench:{hash_key(api_key)}"} if api_key else None
+        sidecar = start_sidecar([t.url for t in twins], extra_args=flags, env=env)
         with ProcSampler(sidecar.process.pid) as sampler:
             latencies, errors, elapsed = drive(sidecar.url, args.programs, args.requests,
-                                               args.max_tokens, args.clients)
+                                               args.max_tokens, args.clients, api_key)
             time.sleep(1.0)  # one more sample after the clients are gone
-        leftover = live_programs(sidecar.url)
+        leftover = live_programs(sidecar.url, api_key)
         write(report(args, latencies, errors, elapsed, sampler, leftover), errors, args,
               sampler)
     finally:

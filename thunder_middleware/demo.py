@@ -68,21 +68,35 @@ def _served_model(twin: RunningServer) -> str:
     return str(httpx.get(twin.url + "/v1/models").json()["data"][0]["id"])
 
 
-def _run_one(name: str, shape: FleetShape, blocks: int, through_sidecar: bool,
-             progress: Progress) -> RunReport:
+def _run_one(
+    name: str, shape: FleetShape, blocks: int, through_sidecar: bool, progress: Progress
+) -> RunReport:
     from thunder_middleware.demo_fleet import run_fleet
 
     task = progress.add_task(name, total=shape.agents * shape.tasks_per_agent)
-    twin = start_twin(time_scale=shape.time_scale, num_gpu_blocks=blocks)
+    low, high = shape.tool_turns
+    twin = start_twin(
+        time_scale=shape.time_scale,
+        num_gpu_blocks=blocks,
+        extra_args=["--tool-turns", f"{low}-{high}"],
+    )
     sidecar: RunningServer | None = None
     try:
         if through_sidecar:
-            sidecar = start_sidecar([twin.url], extra_args=[
-                "--time-scale", str(shape.time_scale), "--env-provider", "none"])
+            sidecar = start_sidecar(
+                [twin.url],
+                extra_args=["--time-scale", str(shape.time_scale), "--env-provider", "none"],
+            )
         target = sidecar.url if sidecar else twin.url
-        fleet = asyncio.run(run_fleet(
-            shape, base_url=target, model=_served_model(twin), through_sidecar=through_sidecar,
-            on_task_done=lambda: progress.advance(task)))
+        fleet = asyncio.run(
+            run_fleet(
+                shape,
+                base_url=target,
+                model=_served_model(twin),
+                through_sidecar=through_sidecar,
+                on_task_done=lambda: progress.advance(task),
+            )
+        )
         hit_rate, preemptions = _twin_counters(twin)
         pauses = _sidecar_pauses(sidecar) if sidecar else 0.0
         return RunReport(name, fleet, shape.time_scale, hit_rate, preemptions, pauses)
@@ -94,16 +108,33 @@ def _run_one(name: str, shape: FleetShape, blocks: int, through_sidecar: bool,
 
 def _table(reports: list[RunReport]) -> Table:
     table = Table(title="Same LangGraph fleet, one H100 + Qwen3-8B replica (engine twin)")
-    for column in ("run", "tasks", "steps", "steps/min", "speed-up", "prefix hit rate",
-                   "preemptions", "pauses", "median step (s)", "failures"):
+    for column in (
+        "run",
+        "tasks",
+        "steps",
+        "steps/min",
+        "speed-up",
+        "prefix hit rate",
+        "preemptions",
+        "pauses",
+        "median step (s)",
+        "failures",
+    ):
         table.add_column(column, justify="right")
     base = reports[0].steps_per_minute or 1.0
     for report in reports:
         table.add_row(
-            report.name, str(report.fleet.tasks), str(report.fleet.steps),
-            f"{report.steps_per_minute:.1f}", f"{report.steps_per_minute / base:.2f}x",
-            f"{report.hit_rate:.1%}", f"{report.preemptions:.0f}", f"{report.pauses:.0f}",
-            f"{report.median_step_s:.1f}", str(report.fleet.failures))
+            report.name,
+            str(report.fleet.tasks),
+            str(report.fleet.steps),
+            f"{report.steps_per_minute:.1f}",
+            f"{report.steps_per_minute / base:.2f}x",
+            f"{report.hit_rate:.1%}",
+            f"{report.preemptions:.0f}",
+            f"{report.pauses:.0f}",
+            f"{report.median_step_s:.1f}",
+            str(report.fleet.failures),
+        )
     return table
 
 
@@ -129,7 +160,7 @@ def _plot(reports: list[RunReport], path: Path) -> None:
 
 def demo(
     agents: int = typer.Option(24, help="Concurrent LangGraph agents."),
-    tasks_per_agent: int = typer.Option(2, help="Tasks (programs) each agent runs in turn."),
+    tasks_per_agent: int = typer.Option(1, help="Tasks (programs) each agent runs in turn."),
     time_scale: float = typer.Option(10.0, help="Run the twin this many times faster."),
     num_gpu_blocks: int = typer.Option(2400, help="KV blocks of 16 tokens on the replica."),
     seed: int = typer.Option(0, help="Seed of tool durations and observation lengths."),
@@ -139,13 +170,20 @@ def demo(
     from thunder_middleware.demo_fleet import FleetShape
 
     console = Console(width=max(Console().width, 118))
-    shape = FleetShape(agents=agents, tasks_per_agent=tasks_per_agent, time_scale=time_scale,
-                       seed=seed)
+    shape = FleetShape(
+        agents=agents, tasks_per_agent=tasks_per_agent, time_scale=time_scale, seed=seed
+    )
     console.print(
         f"[bold]thunder-middleware demo[/]: {agents} LangGraph agents x {tasks_per_agent} "
-        f"tasks, replica KV = {num_gpu_blocks * 16:,} tokens, time scale {time_scale:g}x")
-    progress = Progress(TextColumn("{task.description:<26}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=console)
+        f"tasks, replica KV = {num_gpu_blocks * 16:,} tokens, time scale {time_scale:g}x"
+    )
+    progress = Progress(
+        TextColumn("{task.description:<26}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
     with progress:
         reports = [
             _run_one("plain vLLM (straight)", shape, num_gpu_blocks, False, progress),

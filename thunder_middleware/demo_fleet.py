@@ -23,11 +23,43 @@ from langchain_openai import ChatOpenAI
 
 from thunder_middleware.integrations.langchain import ThunderMiddleware
 
-_WORDS = (
-    "module function assert fixture config parser schema token buffer cache request "
-    "handler retry timeout socket thread worker queue stream record index commit branch "
-    "patch diff build compile import export vector matrix tensor kernel layer block"
-).split()
+_WORDS = [
+    "module",
+    "function",
+    "assert",
+    "fixture",
+    "config",
+    "parser",
+    "schema",
+    "token",
+    "buffer",
+    "cache",
+    "request",
+    "handler",
+    "retry",
+    "timeout",
+    "socket",
+    "thread",
+    "worker",
+    "queue",
+    "stream",
+    "record",
+    "index",
+    "commit",
+    "branch",
+    "patch",
+    "diff",
+    "build",
+    "compile",
+    "import",
+    "export",
+    "vector",
+    "matrix",
+    "tensor",
+    "kernel",
+    "layer",
+    "block",
+]
 
 
 def system_prompt(words: int = 2400) -> str:
@@ -53,9 +85,10 @@ class FleetShape:
     """What every agent of the fleet does; both runs of the demo use the same shape."""
 
     agents: int = 24
-    tasks_per_agent: int = 2
+    tasks_per_agent: int = 1
+    tool_turns: tuple[int, int] = (10, 16)  # the twin's tool-call turns per task
     tool_seconds: tuple[float, float] = (2.0, 8.0)  # modeled seconds, divided by time_scale
-    observation_lines: tuple[int, int] = (40, 160)  # about 25 tokens a line
+    observation_lines: tuple[int, int] = (8, 60)  # about 25 tokens a line
     max_tokens: int = 400
     time_scale: float = 10.0
     seed: int = 0
@@ -80,14 +113,20 @@ def slow_tools(shape: FleetShape, rng: random.Random) -> list[BaseTool]:
 
     return [
         StructuredTool.from_function(
-            coroutine=run_tests, name="run_tests",
-            description="Run the test suite at a path; returns the test log."),
+            coroutine=run_tests,
+            name="run_tests",
+            description="Run the test suite at a path; returns the test log.",
+        ),
         StructuredTool.from_function(
-            coroutine=search_code, name="search_code",
-            description="Search the repository for a string; returns matching lines."),
+            coroutine=search_code,
+            name="search_code",
+            description="Search the repository for a string; returns matching lines.",
+        ),
         StructuredTool.from_function(
-            coroutine=read_file, name="read_file",
-            description="Read a source file; returns its content."),
+            coroutine=read_file,
+            name="read_file",
+            description="Read a source file; returns its content.",
+        ),
     ]
 
 
@@ -118,19 +157,28 @@ async def run_fleet(
         rng = random.Random(f"{shape.seed}:agent:{index}")
         for task in range(shape.tasks_per_agent):
             program_id = f"demo-{index}-{task}"
-            llm = ChatOpenAI(model=model, base_url=base_url + "/v1", api_key="EMPTY",  # type: ignore[arg-type,call-arg]
-                             max_tokens=shape.max_tokens, max_retries=0, timeout=600)
+            llm = ChatOpenAI(
+                model=model,
+                base_url=base_url + "/v1",
+                api_key="EMPTY",  # type: ignore[arg-type,call-arg]
+                max_tokens=shape.max_tokens,
+                max_retries=0,
+                timeout=600,
+            )
             middleware = (
                 [ThunderMiddleware(base_url, program_id=program_id, send_tool_intent=False)]
-                if through_sidecar else []
+                if through_sidecar
+                else []
             )
-            agent = create_agent(llm, slow_tools(shape, rng), system_prompt=prompt,
-                                 middleware=middleware)
+            agent = create_agent(
+                llm, slow_tools(shape, rng), system_prompt=prompt, middleware=middleware
+            )
             question = f"Task {program_id}: fix the failing test in module_{rng.randint(1, 99)}."
             started = time.monotonic()
             try:
-                state = await agent.ainvoke({"messages": [{"role": "user", "content": question}]},
-                                            {"recursion_limit": 60})
+                state = await agent.ainvoke(
+                    {"messages": [{"role": "user", "content": question}]}, {"recursion_limit": 60}
+                )
             except Exception:
                 result.failures += 1
             else:

@@ -149,7 +149,10 @@ def test_plain_sync_completion_is_not_tagged_by_the_callback(stack: Stack,
 
 
 async def test_existing_extra_body_survives(stack: Stack, program_id: str) -> None:
-    kwargs = request(stack, program_id, task(program_id), max_tokens=300,
+    """``ignore_eos`` makes the twin answer exactly ``max_tokens``; the same fixed prompt
+    without it ends sooner (the twin is deterministic for a given prompt)."""
+    fixed = [{"role": "user", "content": "Summarize the failing test output."}]
+    kwargs = request(stack, program_id, fixed, max_tokens=300,
                      extra_body={"ignore_eos": True})
     kwargs.pop("tools")
     await litellm.acompletion(**kwargs)

@@ -23,8 +23,8 @@ from schemathesis import GenerationMode
 from tests.sidecar.conftest import wait_until
 from thunder_middleware.launch import RunningServer
 
-EXAMPLES_PER_OPERATION = 25
-OPENAI_EXAMPLES = 120
+EXAMPLES_PER_OPERATION = 15
+OPENAI_EXAMPLES = 90
 SETTINGS = settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
                     suppress_health_check=list(HealthCheck))
 

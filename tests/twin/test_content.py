@@ -64,9 +64,10 @@ def _plan(
     tools: list[dict[str, Any]],
     choice: Any = "auto",
     limits: GenerationLimits | None = None,
+    planner: ContentPlanner = PLANNER,
 ) -> ReplyPlan:
     prompt = ENCODE(render_chat(messages, tools=tools or None))
-    return PLANNER.plan_chat(
+    return planner.plan_chat(
         prompt, ChatRequestView(messages, tools, choice), limits or GenerationLimits(8000)
     )
 
@@ -163,14 +164,16 @@ def test_arguments_fit_arbitrary_nested_schemas(schema: dict[str, Any], seed: in
     jsonschema.validate(arguments, root)
 
 
-def _run_agent_loop(first_user: str, tools: list[dict[str, Any]]) -> tuple[int, ReplyPlan]:
+def _run_agent_loop(
+    first_user: str, tools: list[dict[str, Any]], planner: ContentPlanner = PLANNER
+) -> tuple[int, ReplyPlan]:
     """Feed the twin's replies back as a client would, until it answers plainly."""
     messages: list[dict[str, Any]] = [
         {"role": "system", "content": "You are an agent."},
         {"role": "user", "content": first_user},
     ]
-    for turn in range(20):
-        plan = _plan(messages, tools)
+    for turn in range(64):
+        plan = _plan(messages, tools, planner=planner)
         if plan.finish_reason != "tool_calls":
             return turn, plan
         call = plan.tool_calls[0]
@@ -204,6 +207,17 @@ def test_tool_turn_budget_ends_every_loop_within_range() -> None:
     assert len(set(turns)) >= 3  # the budget is sampled per conversation
     # the same conversation gets the same budget
     assert _run_agent_loop("task 3", tools)[0] == turns[3]
+
+
+def test_configured_tool_turns_set_the_loop_length() -> None:
+    tools = [_tool("ping", {"type": "object", "properties": {}})]
+    long_agents = ContentPlanner(TwinTokenizer(), seed=0, tool_turns=(20, 30))
+    turns = [_run_agent_loop(f"task {i}", tools, long_agents)[0] for i in range(6)]
+    assert all(20 <= t <= 30 for t in turns), turns
+    exact = ContentPlanner(TwinTokenizer(), seed=0, tool_turns=(0, 0))
+    assert _run_agent_loop("task 0", tools, exact)[0] == 0
+    with pytest.raises(ValueError):
+        ContentPlanner(TwinTokenizer(), tool_turns=(5, 2))
 
 
 def test_final_answer_after_the_budget_is_plain_text() -> None:

@@ -7,6 +7,7 @@ lives in rebalance.py; the public event API in scheduler.py.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 from thunder_middleware.policy.backend import BackendState
@@ -16,6 +17,9 @@ from thunder_middleware.policy.estimators import CharsPerToken, StepShape
 from thunder_middleware.policy.program import ProgramRecord
 from thunder_middleware.policy.types import Decision, MarkForPause, Pause, Restore, Status
 from thunder_middleware.policy.waiting_queue import WaitingQueue
+
+# the decay base follows the learned tool time, re-based at most this often (O(programs))
+_DECAY_ADAPT_PERIOD_S = 60.0
 
 
 class SchedulerState:
@@ -35,6 +39,7 @@ class SchedulerState:
             self.config.default_reasoning_s, self.config.default_tool_s, self.config.duration_alpha
         )
         self._decay_base = self.config.decay_base
+        self._decay_adapted_at = float("-inf")
         self._now = float("-inf")
         # paused for pressure during the current call: not restored again by the same call
         self._paused_in_call: set[str] = set()
@@ -52,17 +57,21 @@ class SchedulerState:
         f(t) = x^-t gives an acting program's memory away after a few half-lives; with the
         published x = 2 (half-life 1 s) a 0.5-10 s tool loses its cache before it returns.
         Half-life = decay_tool_halflives * mean tool time keeps the memory of programs that
-        are likely to come back soon and still frees that of long tools. Re-based only
-        when x moves by more than 5 %, since it costs O(programs).
+        are likely to come back soon and still frees that of long tools. Changing x costs
+        O(programs) (every decaying sum is recomputed), so it is re-based at most once a
+        minute and only when the half-life moved by more than 10 %.
         """
         tool_s = self._shape.tool_s
         if not self.config.cost_aware or tool_s.samples < self.config.cost_min_samples:
             return
+        if now - self._decay_adapted_at < _DECAY_ADAPT_PERIOD_S:
+            return
         halflife = self.config.decay_tool_halflives * max(tool_s.value, 0.05)
         base = min(max(2.0 ** (1.0 / halflife), 1.0 + 1e-6), self.config.decay_base)
-        if abs(base - self._decay_base) <= 0.05 * (self._decay_base - 1.0):
+        if abs(math.log(base) - math.log(self._decay_base)) <= 0.1 * math.log(self._decay_base):
             return
         self._decay_base = base
+        self._decay_adapted_at = now
         for backend in self._backends.values():
             backend.demand.set_decay_base(base, now)
 

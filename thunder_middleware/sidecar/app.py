@@ -7,6 +7,8 @@ policy tick and the environment manager, and stops them in reverse order on shut
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +19,12 @@ from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from thunder_middleware.policy import PolicyConfig, ProgramScheduler
+from thunder_middleware.security.config import SecurityConfig, merge_api_keys
+from thunder_middleware.security.install import (
+    RequestLimitSettings,
+    install_security,
+    tenant_admission,
+)
 from thunder_middleware.sidecar.backends.pool import BackendPool, make_client, make_session
 from thunder_middleware.sidecar.environments import EnvironmentLink, environment_link_for
 from thunder_middleware.sidecar.errors import install_error_handlers
@@ -28,6 +36,9 @@ from thunder_middleware.sidecar.routes_openai import router as openai_router
 from thunder_middleware.sidecar.routes_programs import router as programs_router
 from thunder_middleware.sidecar.runtime import SchedulerRuntime
 from thunder_middleware.sidecar.settings import SidecarSettings
+from thunder_middleware.store.restore import redeclare_environments, restore_registry
+
+log = logging.getLogger(__name__)
 
 
 class AddedLatencyMiddleware:
@@ -67,6 +78,23 @@ def policy_config(settings: SidecarSettings) -> PolicyConfig:
     )
 
 
+def security_config(settings: SidecarSettings) -> SecurityConfig:
+    """Tenants from [[tenants]] plus THUNDER_API_KEYS; none configured = auth off."""
+    config = SecurityConfig(tenants=list(settings.tenants),
+                            default_max_programs=settings.max_programs_per_tenant,
+                            default_max_environments=settings.max_environments_per_tenant)
+    return merge_api_keys(config, settings.api_keys or "")
+
+
+def open_store(settings: SidecarSettings) -> ProgramStore:
+    """SQLite under --state-dir when given (programs survive a restart), else memory."""
+    if settings.state_dir is None:
+        return InMemoryProgramStore()
+    from thunder_middleware.store import SQLiteProgramStore
+
+    return SQLiteProgramStore(settings.state_dir)
+
+
 def create_app(
     settings: SidecarSettings,
     *,
@@ -83,13 +111,17 @@ def create_app(
     )
     runtime = SchedulerRuntime(
         ProgramScheduler(policy_config(settings)), pool, metrics,
-        store or InMemoryProgramStore(), time_scale=settings.time_scale,
+        store or open_store(settings), time_scale=settings.time_scale,
         tick_interval_s=settings.check_interval, idle_timeout_s=settings.idle_timeout,
         prep_ahead=settings.prep_ahead,
     )
     link = environment_link if environment_link is not None else environment_link_for(
         settings, runtime, metrics.registry)
     runtime.environments = link.manager if link.enabled else None
+    restored = restore_registry(runtime.registry, runtime.store.load())
+    if restored.live or restored.ended:
+        log.warning("restored %d live and %d ended programs from the store", restored.live,
+                    restored.ended)
     metrics.attach_state(StateCollector(
         programs=runtime.scheduler.programs,
         backends=lambda: runtime.scheduler.backend_views(runtime.now()),
@@ -103,6 +135,8 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
         await link.start()
+        if link.enabled:
+            await redeclare_environments(link.manager, runtime.registry)
         try:
             yield
         finally:
@@ -117,6 +151,11 @@ def create_app(
     app.state.environment_link = link
     app.add_middleware(AddedLatencyMiddleware, metrics=metrics)
     install_error_handlers(app)
+    caps = install_security(app, security_config(settings), RequestLimitSettings(
+        settings.max_body_bytes, settings.max_header_bytes, settings.body_timeout))
+    runtime.admit_program, runtime.admit_environment = tenant_admission(
+        caps, runtime.registry,
+        lambda: link.manager.live_programs() if link.manager is not None else [])
     link.install_error_handler(app)
     app.include_router(openai_router)
     app.router.routes[0:0] = hot_path_routes()
@@ -143,6 +182,7 @@ def create_app(
         return JSONResponse({"status": status, "backends": backends,
                              "programs": len(runtime.registry.live),
                              "waiting_requests": runtime.gates.waiting_count(),
+                             "asyncio_tasks": len(asyncio.all_tasks()),
                              "environments": link.enabled})
 
     @app.get("/metrics")

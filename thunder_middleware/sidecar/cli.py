@@ -58,6 +58,15 @@ def serve(
         help="Remove program_id before forwarding (default keep).",
     ),
     log_level: str = typer.Option(None, help="uvicorn / sidecar log level (default warning)."),
+    state_dir: Path = typer.Option(
+        None, help="Keep programs in SQLite here so a restart finds them (default: memory)."),
+    allow_unauthenticated_remote: bool = typer.Option(
+        None, "--allow-unauthenticated-remote",
+        help="Allow a non-loopback --host without API keys (trusted networks only)."),
+    max_body_bytes: int = typer.Option(None, help="Largest request body (default 16 MiB)."),
+    max_header_bytes: int = typer.Option(None, help="Largest header block (default 32 KiB)."),
+    body_timeout: float = typer.Option(None, help="Seconds between body chunks (default 30)."),
+    max_programs_per_tenant: int = typer.Option(None, help="Live programs per tenant."),
 ) -> None:
     """Run the program-aware sidecar."""
     import uvicorn
@@ -85,6 +94,12 @@ def serve(
             cost_aware=cost_aware,
             strip_program_id=strip_program_id,
             log_level=log_level,
+            state_dir=state_dir,
+            allow_unauthenticated_remote=allow_unauthenticated_remote,
+            max_body_bytes=max_body_bytes,
+            max_header_bytes=max_header_bytes,
+            body_timeout=body_timeout,
+            max_programs_per_tenant=max_programs_per_tenant,
         )
     except ValidationError as exc:
         typer.echo(f"invalid settings:\n{exc}", err=True)
@@ -92,6 +107,15 @@ def serve(
     if not settings.backends:
         typer.echo("at least one --backend URL is required (or THUNDER_BACKENDS)", err=True)
         raise typer.Exit(2)
+    from thunder_middleware.security import UnsafeBindError, check_bind
+    from thunder_middleware.sidecar.app import security_config
+
+    try:
+        check_bind(settings.host, auth_enabled=security_config(settings).auth_enabled,
+                   allow_unauthenticated_remote=settings.allow_unauthenticated_remote)
+    except UnsafeBindError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -119,6 +119,9 @@ def make_hooks(runtime: SchedulerRuntime, max_length: int) -> Any:
         return namespaced(tenant, validate_program_id(program_id, "program_id", max_length))
 
     async def ensure_program(key: str) -> None:
+        if runtime.admit_environment is not None and runtime.environments is not None \
+                and not runtime.environments.describe(key):
+            runtime.admit_environment(key)
         if key not in runtime.registry.live:
             runtime.register(key)
 

@@ -118,6 +118,7 @@ async def list_programs(request: Request,
 async def get_program(program_id: str, request: Request,
                       tenant: str = Depends(resolve_tenant)) -> dict[str, Any]:
     runtime = _runtime(request)
+    program_id = validate_program_id(program_id, "program_id", _max_len(request))
     program = runtime.registry.get(namespaced(tenant, program_id))
     if program is None:
         raise not_found(f"no program {program_id!r}", param="program_id")

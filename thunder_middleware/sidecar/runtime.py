@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -98,6 +98,9 @@ class SchedulerRuntime:
         self.idle_timeout_s = idle_timeout_s
         self.prep_ahead = prep_ahead
         self._tick_task: asyncio.Task[None] | None = None
+        # tenant caps (security.TenantCaps via the app): raise APIError(429) to refuse
+        self.admit_program: Callable[[str], None] | None = None
+        self.admit_environment: Callable[[str], None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
 
     # --- clock and lifecycle -------------------------------------------------------------
@@ -133,6 +136,8 @@ class SchedulerRuntime:
 
     # --- request path -------------------------------------------------------------------
     def ensure_program(self, key: str) -> TrackedProgram:
+        if self.admit_program is not None and key not in self.registry.live:
+            self.admit_program(key)
         program = self.registry.ensure(key, is_anonymous_key(key), time.time())
         program.last_activity = time.time()
         return program

@@ -19,6 +19,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from thunder_middleware.security.config import TenantConfig
+
 EnvProvider = Literal["local", "docker", "kubernetes", "none"]
 BackendKind = Literal["auto", "vllm", "sglang", "openai"]
 
@@ -56,6 +58,17 @@ class SidecarSettings(BaseSettings):
     cost_aware: bool = True
     env_provider: EnvProvider = "local"
     log_level: str = "warning"
+
+    # Security and persistence (issue 7: thunder_middleware.security, thunder_middleware.store).
+    state_dir: Path | None = Field(None, description="SQLite program store; none = in memory")
+    api_keys: str | None = Field(None, description="tenant:hash,... (THUNDER_API_KEYS)")
+    tenants: list[TenantConfig] = Field(default_factory=list, description="[[tenants]] tables")
+    max_programs_per_tenant: int | None = Field(None, ge=1)
+    max_environments_per_tenant: int | None = Field(None, ge=0)
+    allow_unauthenticated_remote: bool = False
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_header_bytes: int = Field(32 * 1024, ge=1024)
+    body_timeout: float = Field(30.0, gt=0, description="s between body chunks before a 408")
 
     _toml_path: ClassVar[Path | None] = None
 

@@ -33,6 +33,9 @@ def sim(
         None, help="Model name clients use (default: --model)."
     ),
     seed: int = typer.Option(0, help="Seed of the reply content (lengths, text, tool calls)."),
+    tool_turns: str = typer.Option(
+        "2-6", help="Range of tool-call turns per conversation, e.g. 20-40 for long agents."
+    ),
     log_level: str = typer.Option("warning", help="uvicorn log level."),
 ) -> None:
     """Run the engine twin: an OpenAI server that behaves like a vLLM replica."""
@@ -40,6 +43,12 @@ def sim(
 
     from thunder_middleware.twin.server import TwinConfig, create_twin_app
 
+    try:
+        low, _, high = tool_turns.partition("-")
+        turns = (int(low), int(high or low))
+    except ValueError:
+        typer.echo(f"error: --tool-turns must look like 2-6, got {tool_turns!r}", err=True)
+        raise typer.Exit(2) from None
     config = TwinConfig(
         gpu=gpu,
         model=model,
@@ -52,6 +61,7 @@ def sim(
         max_model_len=max_model_len,
         gpu_memory_utilization=gpu_memory_utilization,
         seed=seed,
+        tool_turns=turns,
     )
     try:
         app = create_twin_app(config)

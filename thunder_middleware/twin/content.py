@@ -185,8 +185,10 @@ def conversation_key(messages: Sequence[Mapping[str, Any]]) -> str:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
-def tool_turn_budget(server_seed: int, key: str) -> int:
-    return random.Random(f"{server_seed}:budget:{key}").randint(*TOOL_BUDGET_RANGE)
+def tool_turn_budget(
+    server_seed: int, key: str, turns: tuple[int, int] = TOOL_BUDGET_RANGE
+) -> int:
+    return random.Random(f"{server_seed}:budget:{key}").randint(*turns)
 
 
 def _tool_turns_so_far(messages: Sequence[Mapping[str, Any]]) -> int:
@@ -210,9 +212,17 @@ def _choose_tool(view: ChatRequestView, rng: random.Random) -> Mapping[str, Any]
 class ContentPlanner:
     """Plans replies for one server: owns the tokenizer's prose table and the seed."""
 
-    def __init__(self, tokenizer: TwinTokenizer, seed: int = 0) -> None:
+    def __init__(
+        self,
+        tokenizer: TwinTokenizer,
+        seed: int = 0,
+        tool_turns: tuple[int, int] = TOOL_BUDGET_RANGE,
+    ) -> None:
+        if not 0 <= tool_turns[0] <= tool_turns[1]:
+            raise ValueError(f"tool turns must be a range 0 <= low <= high, got {tool_turns}")
         self.tokenizer = tokenizer
         self.seed = seed
+        self.tool_turns = tool_turns
         register_prose(tokenizer)
 
     def _prose(self, rng: random.Random, count: int) -> tuple[list[int], list[TokenPiece]]:
@@ -266,7 +276,8 @@ class ContentPlanner:
         function = _choose_tool(view, rng)
         if function is None and view.tool_choice in ("auto", None) and view.tools:
             key = conversation_key(view.messages)
-            if _tool_turns_so_far(view.messages) < tool_turn_budget(self.seed, key):
+            budget = tool_turn_budget(self.seed, key, self.tool_turns)
+            if _tool_turns_so_far(view.messages) < budget:
                 function = rng.choice([t.get("function") or {} for t in view.tools])
         if function is None:
             body = _lognormal_length(rng, PLAIN_MEDIAN, PLAIN_SIGMA, PLAIN_RANGE)

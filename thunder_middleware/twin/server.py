@@ -34,7 +34,7 @@ from thunder_middleware.twin.api_models import (
     TokenizeRequest,
 )
 from thunder_middleware.twin.chat_template import render_chat
-from thunder_middleware.twin.content import ContentPlanner
+from thunder_middleware.twin.content import TOOL_BUDGET_RANGE, ContentPlanner
 from thunder_middleware.twin.driver import EngineDriver
 from thunder_middleware.twin.engine import EngineConfig, EngineCore
 from thunder_middleware.twin.metrics import CONTENT_TYPE, CacheConfigInfo, TwinMetrics
@@ -65,6 +65,7 @@ class TwinConfig:
     max_model_len: int | None = None
     gpu_memory_utilization: float = 0.9
     seed: int = 0
+    tool_turns: tuple[int, int] = TOOL_BUDGET_RANGE  # tool-call turns per conversation
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ def create_twin_app(config: TwinConfig | None = None) -> FastAPI:
     resolved = resolve(config or TwinConfig())
     engine = EngineCore(resolved.engine_config)
     tokenizer = TwinTokenizer()
-    planner = ContentPlanner(tokenizer, resolved.config.seed)
+    planner = ContentPlanner(tokenizer, resolved.config.seed, resolved.config.tool_turns)
     cache_info = CacheConfigInfo(
         block_size=resolved.engine_config.block_size,
         num_gpu_blocks=resolved.num_blocks,
