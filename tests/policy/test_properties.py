@@ -211,8 +211,10 @@ class PolicyMachine(RuleBasedStateMachine):
             paused_marked = [v for v in paused if v is not None and v.program_id in marked]
             acting_left = [v for v in remaining if v.acting_since is not None]
             reasoning_left = [v for v in remaining if v.acting_since is None]
-            if at_gate or paused_marked:
+            if (at_gate or paused_marked) and not self.cost_aware:
                 # acting before reasoning: no acting program that counts is left behind
+                # (cost-aware: requests in flight have a limit of their own, lambda_max * C,
+                # which pausing acting programs cannot relieve)
                 assert not acting_left, (paused, remaining)
             groups = [(paused_acting, acting_left)]
             if self.cost_aware:

@@ -79,10 +79,16 @@ class Rebalancer(SchedulerState):
                 self._pause(rec, now, out, again_this_call=False)
 
     def _others_count(self, backend: BackendState, program_id: str, now: float) -> bool:
-        """Does any program other than this one still count on the backend?"""
+        """Does any program other than this one still count on the backend?
+
+        When only the in-flight limit is exceeded (cost-aware overcommit), only other
+        reasoning programs count: acting ones do not hold what is over the limit.
+        """
         demand = backend.demand
         if demand.reasoning_count > (0 if program_id in demand.acting else 1):
             return True
+        if not backend.over_total(now):
+            return False
         acting = demand.acting
         return any(
             pid != program_id and acting.contribution(pid, now) >= NEGLIGIBLE_TOKENS
