@@ -211,6 +211,7 @@ def main() -> None:
                 else "not exposed"),
             "client connections open to the sidecar": client_connections(sidecar.port),
             "environments (directories) left": environments_left(env_root),
+            "tracebacks in the sidecar log": sidecar.log_tail(10**9).count("Traceback"),
         }
         final = sample(sidecar.process.pid)
         write(args, soak, samples, leftovers, final, baseline, after)

@@ -14,6 +14,7 @@ from langchain_openai import ChatOpenAI
 from langgraph.checkpoint.memory import InMemorySaver
 
 from tests.integrations.conftest import MODEL, Stack
+from tests.integrations.env_probe import Observation, environment_probe, live_environments
 from thunder_middleware.integrations.langchain import ThunderMiddleware
 
 TASK = "The unit tests in tests/test_parser.py fail; find the bug and fix it."
@@ -155,23 +156,10 @@ async def test_failed_tool_releases_on_the_async_path(stack: Stack, program_id: 
     assert stack.program(program_id)["terminated_reason"] == "released"
 
 
-LIVE = ("preparing", "ready")
-
-
 def run_with_env_probe(stack: Stack, program_id: str,
-                       middleware: ThunderMiddleware) -> list[tuple[float, list[dict[str, Any]]]]:
+                       middleware: ThunderMiddleware) -> list[Observation]:
     """Run an agent whose only tool records the program's environments as it starts."""
-    observed: list[tuple[float, list[dict[str, Any]]]] = []
-
-    @tool
-    def inspect_sandbox(path: str) -> str:
-        """Inspect a path in the sandbox."""
-        observed.append((time.time(), stack.program(program_id)["environments"]))
-        return "ok"
-
-    stack.client.register(program_id, preset="local-shell")
-    stack.client.remove_environment(program_id)  # keeps its spec; nothing live any more
-    assert not [e for e in stack.program(program_id)["environments"] if e["state"] in LIVE]
+    inspect_sandbox, observed = environment_probe(stack, program_id)
     agent = create_agent(chat_model(stack), [inspect_sandbox], middleware=[middleware],
                          checkpointer=InMemorySaver())
     agent.invoke({"messages": [{"role": "user", "content": TASK}]},
@@ -184,7 +172,7 @@ def test_tool_intent_readies_the_environment_before_the_tool_runs(stack: Stack,
                                                                   program_id: str) -> None:
     observed = run_with_env_probe(stack, program_id, ThunderMiddleware(stack.url))
     started, environments = observed[0]
-    live = [e for e in environments if e["state"] in LIVE]
+    live = live_environments(environments)
     assert live, "after_model's tool intent should have re-created the environment"
     assert live[0]["created_at"] < started
 
@@ -193,7 +181,7 @@ def test_without_tool_intent_nothing_is_readied(stack: Stack, program_id: str) -
     """The control for the test above: the same run with intents off finds no environment."""
     observed = run_with_env_probe(stack, program_id,
                                   ThunderMiddleware(stack.url, send_tool_intent=False))
-    assert not [e for e in observed[0][1] if e["state"] in LIVE]
+    assert not live_environments(observed[0][1])
 
 
 def test_exec_tools_run_in_the_program_environment(stack: Stack, program_id: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import pytest
@@ -16,6 +15,7 @@ from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 
 from tests.integrations.conftest import MODEL, Stack
+from tests.integrations.env_probe import environment_probe, live_environments
 from thunder_middleware.integrations.langgraph import (
     ThunderCallbackHandler,
     program_config,
@@ -138,16 +138,7 @@ def test_bound_extra_body_survives(stack: Stack, program_id: str) -> None:
 
 
 def test_handler_tool_intent_precedes_the_tools_node(stack: Stack, program_id: str) -> None:
-    observed: list[tuple[float, list[dict[str, Any]]]] = []
-
-    @tool
-    def inspect_sandbox(path: str) -> str:
-        """Inspect a path in the sandbox."""
-        observed.append((time.time(), stack.program(program_id)["environments"]))
-        return "ok"
-
-    stack.client.register(program_id, preset="local-shell")
-    stack.client.remove_environment(program_id)
+    inspect_sandbox, observed = environment_probe(stack, program_id)
     llm = ChatOpenAI(model=MODEL, base_url=stack.openai_base, api_key="EMPTY",  # type: ignore[arg-type]
                      max_tokens=1024)
     model = tag_program(llm.bind_tools([inspect_sandbox]))
@@ -161,5 +152,5 @@ def test_handler_tool_intent_precedes_the_tools_node(stack: Stack, program_id: s
                            {"configurable": {"thread_id": program_id},
                             "callbacks": [ThunderCallbackHandler(stack.url)]})
     started, environments = observed[0]
-    live = [e for e in environments if e["state"] in ("preparing", "ready")]
+    live = live_environments(environments)
     assert live and live[0]["created_at"] < started

@@ -82,15 +82,22 @@ def task(program_id: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": f"Make the failing test pass ({program_id})."}]
 
 
+def continue_with_tools(messages: list[dict[str, Any]], response: Any) -> bool:
+    """Append the model's turn and its tools' results; False once it answers without tools."""
+    message = response.choices[0].message
+    if not tool_calls_of(message):
+        return False
+    append_turn(messages, message.content, plain_calls(message))
+    return True
+
+
 async def test_async_loop_every_call_tagged(stack: Stack, program_id: str) -> None:
     messages, calls = task(program_id), 0
     while True:
         response = await litellm.acompletion(**request(stack, program_id, messages))
         calls += 1
-        message = response.choices[0].message
-        if not tool_calls_of(message):
+        if not continue_with_tools(messages, response):
             break
-        append_turn(messages, message.content, plain_calls(message))
     assert calls >= 3
     assert stack.steps(program_id) == calls
     stack.client.release(program_id)
@@ -126,10 +133,8 @@ def test_sync_loop_through_wrapper(stack: Stack, program_id: str) -> None:
     while True:
         response = thunder_litellm.completion(**request(stack, program_id, messages))
         calls += 1
-        message = response.choices[0].message
-        if not tool_calls_of(message):
+        if not continue_with_tools(messages, response):
             break
-        append_turn(messages, message.content, plain_calls(message))
     assert calls >= 3
     assert stack.steps(program_id) == calls
 

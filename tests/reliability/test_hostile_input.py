@@ -94,6 +94,19 @@ def _raw_request(port: int, head: bytes, body: bytes = b"") -> socket.socket:
     return sock
 
 
+def _read_answer(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes (or the answer is complete)."""
+    answer = b""
+    while True:
+        chunk = sock.recv(65536)
+        answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
+                       if line.startswith(b"content-length:")), None)
+        if not chunk or (length is not None and len(body) >= length):
+            return answer
+
+
 def test_stalled_body_is_cut_with_408(strict: RunningServer) -> None:
     """Headers announce 100 bytes, 10 arrive, then nothing: the sidecar answers 408 after the
     body timeout instead of holding the request open forever."""
@@ -101,11 +114,25 @@ def test_stalled_body_is_cut_with_408(strict: RunningServer) -> None:
             b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n")
     started = time.monotonic()
     with _raw_request(strict.port, head, b'{"model":"') as sock:
-        answer = sock.recv(65536)
+        answer = _read_answer(sock)
     waited = time.monotonic() - started
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert b"body_timeout" in answer
     assert BODY_TIMEOUT * 0.8 <= waited < BODY_TIMEOUT + 20
+
+
+def test_client_leaving_mid_body_is_no_server_error(strict: RunningServer) -> None:
+    """A client that hangs up halfway through its body is not a sidecar fault: no 500 is
+    logged, no traceback, and the sidecar serves the next call."""
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n")
+    for _ in range(5):
+        _raw_request(strict.port, head, b'{"model":"').close()
+    time.sleep(0.5)
+    assert httpx.post(strict.url + CHAT, json=chat_body("after-hangups", 5), timeout=30
+                      ).status_code == 200
+    log = strict.log_tail(200_000)
+    assert "Traceback" not in log and "unexpected error" not in log, log[-3000:]
 
 
 def test_trickled_body_within_the_timeout_is_served(strict: RunningServer) -> None:
@@ -116,7 +143,7 @@ def test_trickled_body_within_the_timeout_is_served(strict: RunningServer) -> No
         for start in range(0, len(body), len(body) // 3 + 1):
             sock.sendall(body[start:start + len(body) // 3 + 1])
             time.sleep(BODY_TIMEOUT / 4)
-        answer = sock.recv(65536)
+        answer = _read_answer(sock)
     assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_docker_engine
-from tests.tools.envtest import fast_config, start_env_app
+from tests.tools.envtest import fast_config, running_manager, start_env_app
 from thunder_middleware.launch import RunningServer
 from thunder_middleware.tools import EnvironmentManager, LocalProvider
 
@@ -22,12 +22,8 @@ def local_root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def local_manager(local_root: Path) -> AsyncIterator[EnvironmentManager]:
-    manager = EnvironmentManager(LocalProvider(local_root), fast_config())
-    await manager.start()
-    try:
+    async with running_manager(LocalProvider(local_root), fast_config()) as manager:
         yield manager
-    finally:
-        await manager.close()
 
 
 @pytest.fixture
@@ -39,12 +35,8 @@ def docker_engine() -> None:
 async def docker_manager(docker_engine: None) -> AsyncIterator[EnvironmentManager]:
     from thunder_middleware.tools.providers.docker import DockerProvider
 
-    manager = EnvironmentManager(DockerProvider(), fast_config())
-    await manager.start()
-    try:
+    async with running_manager(DockerProvider(), fast_config()) as manager:
         yield manager
-    finally:
-        await manager.close()
 
 
 @pytest.fixture(scope="module")

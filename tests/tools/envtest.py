@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 
 from thunder_middleware.launch import RunningServer, free_port
-from thunder_middleware.tools import EnvironmentManager, EnvState, ManagerConfig
+from thunder_middleware.tools import (
+    EnvironmentManager,
+    EnvironmentProvider,
+    EnvState,
+    ManagerConfig,
+)
 
 APP = Path(__file__).with_name("env_app.py")
 TEST_IMAGE = "localhost/thunder-test:latest"
@@ -31,6 +38,19 @@ def fast_config(**overrides: object) -> ManagerConfig:
     for key, value in overrides.items():
         setattr(config, key, value)
     return config
+
+
+@contextlib.asynccontextmanager
+async def running_manager(provider: EnvironmentProvider,
+                          config: ManagerConfig) -> AsyncIterator[EnvironmentManager]:
+    """A started manager, closed (its environments reclaimed) however the test ends, so a
+    failing test leaks no container, process or port into the next."""
+    manager = EnvironmentManager(provider, config)
+    await manager.start()
+    try:
+        yield manager
+    finally:
+        await manager.close()
 
 
 async def wait_state(manager: EnvironmentManager, key: str, state: EnvState,

@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import pytest
 
-from tests.tools.envtest import TEST_IMAGE, fast_config, wait_state
+from tests.tools.envtest import TEST_IMAGE, fast_config, running_manager, wait_state
 from thunder_middleware.tools import (
     EnvironmentManager,
     EnvState,
@@ -89,17 +89,13 @@ async def test_volumes_and_limits_are_applied(docker_manager: EnvironmentManager
 async def test_idle_timeout_reclaims_container(docker_engine: None) -> None:
     from thunder_middleware.tools.providers.docker import DockerProvider
 
-    manager = EnvironmentManager(DockerProvider(), fast_config(idle_timeout_s=0.8))
-    await manager.start()
-    try:
+    async with running_manager(DockerProvider(), fast_config(idle_timeout_s=0.8)) as manager:
         await manager.declare("t/idle", parse_spec({"image": TEST_IMAGE}))
         await wait_state(manager, "t/idle", EnvState.READY)
         assert len(containers_of(manager, "t/idle")) == 1
         await wait_state(manager, "t/idle", EnvState.RECLAIMED)
         assert manager.describe("t/idle")[0].reclaim_reason == "idle"
         assert containers_of(manager, "t/idle") == []
-    finally:
-        await manager.close()
 
 
 async def test_bad_input_is_4xx_and_leaks_nothing(docker_manager: EnvironmentManager) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 import socket
+from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.tools.envtest import fast_config, wait_state
+from tests.tools.envtest import fast_config, running_manager, wait_state
 from tests.tools.k8s_fake import RecordedCoreV1Api, RecordedStream
 from thunder_middleware.tools import (
     EnvironmentManager,
@@ -30,12 +31,10 @@ def provider_with(api: RecordedCoreV1Api, **options: object) -> KubernetesProvid
 
 
 @pytest.fixture
-async def k8s() -> tuple[EnvironmentManager, RecordedCoreV1Api]:
+async def k8s() -> AsyncIterator[tuple[EnvironmentManager, RecordedCoreV1Api]]:
     api = RecordedCoreV1Api()
-    manager = EnvironmentManager(provider_with(api), fast_config())
-    await manager.start()
-    yield manager, api
-    await manager.close()
+    async with running_manager(provider_with(api), fast_config()) as manager:
+        yield manager, api
 
 
 async def test_pod_manifest_labels_and_limits(k8s: tuple[EnvironmentManager, RecordedCoreV1Api]
@@ -93,14 +92,10 @@ async def test_unknown_image_and_missing_image(k8s: tuple[EnvironmentManager, Re
 
 async def test_transient_api_errors_are_retried() -> None:
     api = RecordedCoreV1Api(fail_creates=2)
-    manager = EnvironmentManager(provider_with(api), fast_config())
-    await manager.start()
-    try:
+    async with running_manager(provider_with(api), fast_config()) as manager:
         await manager.declare("t/retry", parse_spec({"image": "busybox"}))
         assert (await manager.exec("t/retry", "echo ok", timeout_s=5)).stdout == "ok\n"
         assert [call for call, _ in api.calls].count("create_namespaced_pod") == 3
-    finally:
-        await manager.close()
     assert api.pods == {}
 
 

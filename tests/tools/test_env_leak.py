@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tools.envtest import TEST_IMAGE, fast_config
+from tests.tools.envtest import TEST_IMAGE, fast_config, running_manager
 from thunder_middleware.tools import (
     EnvironmentManager,
     LocalProvider,
@@ -82,15 +82,11 @@ def assert_ports_free(manager: EnvironmentManager) -> None:
 
 
 async def test_local_fleet_leaks_nothing(local_root: Path) -> None:
-    manager = EnvironmentManager(
+    async with running_manager(
         LocalProvider(local_root),
         fast_config(max_live=32, idle_timeout_s=0.5, port_range=(24000, 24199)),
-    )
-    await manager.start()
-    try:
+    ) as manager:
         await run_fleet(manager, 200, None, seed=4)
-    finally:
-        await manager.close()
     assert list(local_root.iterdir()) == []
     assert processes_with("THUNDER_INSTANCE", manager.instance_id) == []
     assert_ports_free(manager)
@@ -104,14 +100,10 @@ async def test_docker_fleet_leaks_nothing(docker_engine: None) -> None:
     from thunder_middleware.tools.providers.docker import DockerProvider
 
     provider = DockerProvider()
-    manager = EnvironmentManager(
+    async with running_manager(
         provider, fast_config(max_live=8, idle_timeout_s=0.5, port_range=(24200, 24299)),
-    )
-    await manager.start()
-    try:
+    ) as manager:
         await run_fleet(manager, 20, TEST_IMAGE, seed=5)
-    finally:
-        await manager.close()
     mine = {"label": f"thunder.instance={manager.instance_id}"}
     client = DockerProvider().client
     assert client.api.containers(all=True, filters=mine) == []

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.tools.envtest import fast_config, wait_state
+from tests.tools.envtest import fast_config, running_manager, wait_state
 from thunder_middleware.tools import (
     EnvironmentManager,
     EnvState,
@@ -98,9 +98,8 @@ async def test_published_port_reachable_and_reclaimed(local_manager: Environment
 
 
 async def test_idle_timeout_reclaims_and_comes_back(local_root: Path) -> None:
-    manager = EnvironmentManager(LocalProvider(local_root), fast_config(idle_timeout_s=0.6))
-    await manager.start()
-    try:
+    config = fast_config(idle_timeout_s=0.6)
+    async with running_manager(LocalProvider(local_root), config) as manager:
         await manager.declare("t/idle", parse_spec({"command": ["sleep", "300"]}))
         await wait_state(manager, "t/idle", EnvState.READY)
         env_id = manager.describe("t/idle")[0].env_id
@@ -110,15 +109,11 @@ async def test_idle_timeout_reclaims_and_comes_back(local_root: Path) -> None:
         assert list(local_root.iterdir()) == []
         again = await manager.exec("t/idle", "echo back", timeout_s=10)  # spec remembered
         assert again.stdout == "back\n"
-    finally:
-        await manager.close()
     assert list(local_root.iterdir()) == []
 
 
 async def test_cap_queues_instead_of_failing(local_root: Path) -> None:
-    manager = EnvironmentManager(LocalProvider(local_root), fast_config(max_live=2))
-    await manager.start()
-    try:
+    async with running_manager(LocalProvider(local_root), fast_config(max_live=2)) as manager:
         for index in range(4):
             await manager.declare(f"t/cap{index}", parse_spec({"command": ["sleep", "300"]}))
         await wait_state(manager, "t/cap1", EnvState.READY)
@@ -132,8 +127,6 @@ async def test_cap_queues_instead_of_failing(local_root: Path) -> None:
         await manager.reclaim("t/cap1")
         result = await asyncio.wait_for(waiting, 20)
         assert result.stdout == "finally\n" and result.waited_for_ready_s > 0.2
-    finally:
-        await manager.close()
 
 
 class FlakyLocalProvider(LocalProvider):
@@ -153,9 +146,7 @@ class FlakyLocalProvider(LocalProvider):
 
 async def test_transient_errors_are_retried(local_root: Path) -> None:
     provider = FlakyLocalProvider(local_root, failures=2)
-    manager = EnvironmentManager(provider, fast_config(create_attempts=3))
-    await manager.start()
-    try:
+    async with running_manager(provider, fast_config(create_attempts=3)) as manager:
         await manager.declare("t/flaky", parse_spec({}))
         result = await manager.exec("t/flaky", "echo ok", timeout_s=5)
         assert result.stdout == "ok\n" and provider.attempts == 3
@@ -165,8 +156,6 @@ async def test_transient_errors_are_retried(local_root: Path) -> None:
             await manager.exec("t/broken", "true", timeout_s=5)
         assert provider.attempts == 3
         assert manager.ports.in_use == 0
-    finally:
-        await manager.close()
 
 
 async def test_bad_input_leaks_nothing(local_manager: EnvironmentManager, local_root: Path) -> None:

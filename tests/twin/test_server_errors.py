@@ -80,23 +80,20 @@ def _assert_error(response: httpx.Response, status: int, param: str | None) -> d
     return dict(error)
 
 
-@pytest.mark.parametrize(
-    ("case", "body", "status", "param"), CHAT_CASES, ids=[c[0] for c in CHAT_CASES]
-)
-def test_chat_errors(
-    twin_server: RunningServer, case: str, body: Any, status: int, param: str | None
-) -> None:
-    response = httpx.post(twin_server.url + "/v1/chat/completions", json=body, timeout=30)
-    _assert_error(response, status, param)
+ROUTE_CASES = [("/v1/chat/completions", *case) for case in CHAT_CASES] + [
+    ("/v1/completions", *case) for case in COMPLETION_CASES
+]
 
 
 @pytest.mark.parametrize(
-    ("case", "body", "status", "param"), COMPLETION_CASES, ids=[c[0] for c in COMPLETION_CASES]
+    ("route", "case", "body", "status", "param"),
+    ROUTE_CASES,
+    ids=[f"{route.rsplit('/', 1)[-1]}-{case}" for route, case, *_ in ROUTE_CASES],
 )
-def test_completion_errors(
-    twin_server: RunningServer, case: str, body: Any, status: int, param: str | None
+def test_request_errors(
+    twin_server: RunningServer, route: str, case: str, body: Any, status: int, param: str | None
 ) -> None:
-    response = httpx.post(twin_server.url + "/v1/completions", json=body, timeout=30)
+    response = httpx.post(twin_server.url + route, json=body, timeout=30)
     _assert_error(response, status, param)
 
 
@@ -147,7 +144,8 @@ def test_the_openai_sdk_raises_its_typed_errors(twin_server: RunningServer) -> N
 
 
 def test_the_server_still_serves_after_bad_input(twin_server: RunningServer) -> None:
-    for body in ([], {"messages": 7}, {"prompt": None}):
+    bad_bodies: list[Any] = [[], {"messages": 7}, {"prompt": None}]
+    for body in bad_bodies:
         httpx.post(twin_server.url + "/v1/chat/completions", json=body)
     ok = httpx.post(
         twin_server.url + "/v1/chat/completions", json={"messages": USER, "max_tokens": 2}

@@ -62,16 +62,19 @@ class BackendState:
     def committed(self, now: float) -> float:
         """Committed demand corrected for the shared prefix (what the watermarks compare).
 
-        Never below min_sharing_factor of the raw demand: a prefix learned from a few calls
-        must not talk the policy into a large overcommit.
+        Never above the raw demand (sharing only ever saves memory, even when programs are
+        shorter than the learned prefix) and never below min_sharing_factor of it: a prefix
+        learned from a few calls must not talk the policy into a large overcommit.
         """
         raw = self.demand.raw(now)
         shared = self.shared
         if not shared:
             return raw
-        corrected = self.demand.committed(now, shared)
+        return self._clamp(self.demand.committed(now, shared), raw)
+
+    def _clamp(self, corrected: float, raw: float) -> float:
         floor = self._config.min_sharing_factor * raw
-        return corrected if corrected > floor else floor
+        return raw if corrected > raw else floor if corrected < floor else corrected
 
     def occupied(self, now: float) -> float:
         """Committed demand plus what marked programs still hold until their call ends.
@@ -102,8 +105,7 @@ class BackendState:
             return 0.0
         shared = self.shared
         corrected = max(demand.reasoning_sum - shared * counted, 0.0) + shared
-        floor = self._config.min_sharing_factor * demand.reasoning_sum
-        return corrected if corrected > floor else floor
+        return self._clamp(corrected, demand.reasoning_sum)
 
     @property
     def reasoning_limit(self) -> float:
@@ -135,8 +137,10 @@ class BackendState:
 
         Cached until the demand, the watermark or the prefix changes: the restore pass after
         every event skips a backend in O(1) until then, instead of re-evaluating every
-        backend's decaying sum on every event. Ignores the min_sharing_factor floor, which
-        only makes the estimate early (the exact comparison is made when the time comes).
+        backend's decaying sum on every event. The committed demand is clamped between
+        the floor and the raw demand, so the crossing is the earlier of the corrected and
+        the raw one (the floor only delays it); early is safe, the exact comparison is made
+        when the time comes.
         """
         demand = self.demand
         shared = self.shared
@@ -147,8 +151,10 @@ class BackendState:
             fixed += max(demand.marked_sum - shared * demand.marked_count, 0.0)
             if shared and (counted or len(demand.acting)):
                 fixed += shared
-            target = self.low_watermark - fixed
-            self._below_at = demand.acting.time_below(target, shared) - 1e-6
+            corrected_at = demand.acting.time_below(self.low_watermark - fixed, shared)
+            raw_fixed = max(demand.reasoning_sum, 0.0) + max(demand.marked_sum, 0.0)
+            raw_at = demand.acting.time_below(self.low_watermark - raw_fixed)
+            self._below_at = min(corrected_at, raw_at) - 1e-6
             self._below_key = key
         return self._below_at
 

@@ -38,7 +38,7 @@ def serve(
         None, help="Expire programs idle this long, s (default 600)."
     ),
     starvation_bound: float = typer.Option(
-        None, help="Restore after waiting this long (default 120)."
+        None, help="Restore after waiting this long (default 300)."
     ),
     time_scale: float = typer.Option(
         None, help="Divide all policy time constants by this (default 1)."

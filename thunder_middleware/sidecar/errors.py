@@ -11,8 +11,9 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,13 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return APIError(exc.status_code, str(exc.detail), code="http_error").response()
 
 
+async def _client_left(_: Request, exc: Exception) -> Response:
+    """The client hung up before its body was read: nobody is left to answer, and it is
+    no fault of the sidecar (no 500, no traceback in the log)."""
+    assert isinstance(exc, ClientDisconnect)
+    return Response(status_code=499)  # nginx's "client closed request"
+
+
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error in the sidecar", exc_info=exc)
     return APIError(500, "internal error in the sidecar", code="internal_error",
@@ -115,4 +123,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_left)
     app.add_exception_handler(Exception, _unexpected)

@@ -44,7 +44,7 @@ class SidecarSettings(BaseSettings):
     lambda_max: float = Field(1.0, gt=0)
     lambda_min: float = Field(1.0, gt=0)
     idle_timeout: float = Field(600.0, gt=0)
-    starvation_bound: float = Field(120.0, gt=0)
+    starvation_bound: float = Field(300.0, gt=0)
     time_scale: float = Field(1.0, gt=0, description="policy clock runs this much faster")
 
     # Runtime and proxy.

@@ -144,6 +144,7 @@ class Harness:
             concurrency=self.config.concurrency,
             duration_s=self._now,
             cpu_s=time.process_time() - cpu_start,
+            busy_s=sum(e.stats.busy_time_s for e in self.engines.values()),
         )
 
     def _snapshots(self) -> list[BackendSnapshot]:

@@ -34,6 +34,7 @@ class RunResult:
     restores: int
     marks: int  # MarkForPause decisions (pause a reasoning program when its call ends)
     programs_finished: int
+    engine_busy: float  # fraction of the run the replicas spent stepping (mean over replicas)
     engine_steps: int
     cpu_s: float
     kv_series: dict[str, list[float]] = field(default_factory=dict, repr=False)
@@ -84,8 +85,10 @@ class MetricsRecorder:
             self.kv_series[name].append(usage[name])
 
     def summary(
-        self, *, workload: str, policy: str, concurrency: int, duration_s: float, cpu_s: float
+        self, *, workload: str, policy: str, concurrency: int, duration_s: float, cpu_s: float,
+        busy_s: float = 0.0,
     ) -> RunResult:
+        """``busy_s``: modeled seconds the replicas spent stepping, summed over replicas."""
         latencies = np.asarray(self.step_latencies or [0.0])
         if len(self.backends) > 1 and self.kv_times:
             matrix = np.asarray([self.kv_series[name] for name in self.backends])
@@ -112,6 +115,7 @@ class MetricsRecorder:
             restores=self.restores,
             marks=self.marks,
             programs_finished=self.programs_finished,
+            engine_busy=busy_s / (duration_s * len(self.backends)) if duration_s > 0 else 0.0,
             engine_steps=self.engine_steps,
             cpu_s=cpu_s,
             kv_series=self.kv_series,

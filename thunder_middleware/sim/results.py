@@ -29,6 +29,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("mean_step_latency_s", "mean step s", "{:.1f}"),
     ("p90_step_latency_s", "p90 step s", "{:.1f}"),
     ("preemptions", "preemptions", "{}"),
+    ("engine_busy", "GPU busy", "{:.0%}"),
     ("max_imbalance", "max imbalance", "{:.2f}"),
     ("env_wait_s", "env wait s", "{:.1f}"),
     ("pauses", "pauses", "{}"),

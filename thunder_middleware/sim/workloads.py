@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import random
 import zlib
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -228,14 +227,3 @@ def workload(name: str, seed: int = 0) -> Workload:
         return Workload(SHAPES[name], seed)
     except KeyError:
         raise ValueError(f"unknown workload {name!r}; known: {sorted(SHAPES)}") from None
-
-
-ProgramFactory = Callable[[int], ProgramSpec | None]
-
-
-def program_stream(factory: ProgramFactory) -> Iterator[ProgramSpec]:
-    """Programs ``factory(0), factory(1), ...`` until the factory returns ``None``."""
-    index = 0
-    while (spec := factory(index)) is not None:
-        yield spec
-        index += 1

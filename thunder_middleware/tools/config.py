@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from thunder_middleware.tools.errors import InvalidSpec
+
 
 @dataclass
 class ManagerConfig:
@@ -20,3 +22,14 @@ class ManagerConfig:
     port_range: tuple[int, int] = (20000, 29999)
     reclaim_on_close: bool = True
     history: int = 10_000  # reclaimed records kept for describe() and 409s
+
+    def exec_timeout(self, timeout_s: float | None) -> float:
+        """The timeout an exec runs under: the default when none is asked for; a 400 outside
+        ``(0, max_exec_timeout_s]``, so one caller cannot hold an environment for ever."""
+        if timeout_s is None:
+            return self.default_exec_timeout_s
+        if not 0 < timeout_s <= self.max_exec_timeout_s:
+            raise InvalidSpec(
+                f"timeout_s must lie in (0, {self.max_exec_timeout_s:g}]", param="timeout_s"
+            )
+        return timeout_s

@@ -20,10 +20,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from thunder_middleware.tools import labels
 from thunder_middleware.tools.config import ManagerConfig
+from thunder_middleware.tools.creation import create_with_retries
 from thunder_middleware.tools.disk import DiskLedger
 from thunder_middleware.tools.errors import (
     EnvironmentGone,
@@ -227,14 +227,8 @@ class EnvironmentManager:
             spec=record.spec, host_ports=record.host_ports,
             labels=labels.resource_labels(record.owner, self.instance_id, record.env_id),
         )
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(TransientProviderError),
-            stop=stop_after_attempt(self.config.create_attempts),
-            wait=wait_exponential(multiplier=0.2, max=2.0),
-            reraise=True,
-        ):
-            with attempt:
-                record.instance = await self.provider.create(placement)
+        record.instance = await create_with_retries(self.provider, placement,
+                                                    self.config.create_attempts)
 
     async def _fail(self, record: EnvironmentRecord, error: ToolEnvironmentError) -> None:
         if record.reclaim_reason is not None:
@@ -255,7 +249,7 @@ class EnvironmentManager:
         env: dict[str, str] | None = None,
     ) -> ExecResult:
         """Run a command in the program's environment, waiting for it to be ready first."""
-        timeout = self._exec_timeout(timeout_s)
+        timeout = self.config.exec_timeout(timeout_s)
         argv = command_argv(command)
         if not argv or not argv[0]:
             raise InvalidSpec("command must not be empty", param="command")
@@ -278,15 +272,6 @@ class EnvironmentManager:
             record.touch()
         self.metrics.exec_seconds.observe(result.duration_s)
         return result.model_copy(update={"waited_for_ready_s": waited})
-
-    def _exec_timeout(self, timeout_s: float | None) -> float:
-        if timeout_s is None:
-            return self.config.default_exec_timeout_s
-        if not 0 < timeout_s <= self.config.max_exec_timeout_s:
-            raise InvalidSpec(
-                f"timeout_s must lie in (0, {self.config.max_exec_timeout_s:g}]", param="timeout_s"
-            )
-        return timeout_s
 
     async def _wait_ready(self, record: EnvironmentRecord) -> float:
         self._start_preparation(record)

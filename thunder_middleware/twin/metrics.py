@@ -23,6 +23,8 @@ from thunder_middleware.twin.driver import RequestTiming
 from thunder_middleware.twin.stats import EngineStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: vLLM's labels on every engine series: the engine index (always "0": one engine) and the model.
+LABEL_NAMES = ("engine", "model_name")
 
 # fmt: off
 TTFT_BUCKETS = (
@@ -67,11 +69,23 @@ class EngineStatsCollector(Collector):
         self._cache = cache
 
     def _labels(self) -> tuple[list[str], list[str]]:
-        return ["engine", "model_name"], ["0", self._model_name]
+        return list(LABEL_NAMES), ["0", self._model_name]
+
+    def _families(
+        self,
+        family: type[CounterMetricFamily] | type[GaugeMetricFamily],
+        table: dict[str, tuple[str, float]],
+    ) -> Iterator[Metric]:
+        """One single-sample family per ``name: (documentation, value)`` of ``table``, all with
+        this engine's labels."""
+        names, values = self._labels()
+        for name, (documentation, value) in table.items():
+            metric = family(name, documentation, labels=names)
+            metric.add_metric(values, float(value))
+            yield metric
 
     def collect(self) -> Iterator[Metric]:
         stats = self._read_stats()
-        names, values = self._labels()
         # vLLM >= 0.11 counts re-admissions after preemption apart ("preempted" stats).
         counters: dict[str, tuple[str, float]] = {
             "vllm:prefix_cache_queries": (
@@ -92,10 +106,7 @@ class EngineStatsCollector(Collector):
                 stats.generation_tokens,
             ),
         }
-        for name, (documentation, value) in counters.items():
-            counter = CounterMetricFamily(name, documentation, labels=names)
-            counter.add_metric(values, float(value))
-            yield counter
+        yield from self._families(CounterMetricFamily, counters)
         gauges: dict[str, tuple[str, float]] = {
             "vllm:num_requests_running": (
                 "Number of requests in model execution batches.",
@@ -110,10 +121,7 @@ class EngineStatsCollector(Collector):
                 stats.kv_cache_usage,
             ),
         }
-        for name, (documentation, value) in gauges.items():
-            gauge = GaugeMetricFamily(name, documentation, labels=names)
-            gauge.add_metric(values, float(value))
-            yield gauge
+        yield from self._families(GaugeMetricFamily, gauges)
         info_labels = {"engine": "0", **self._cache.labels()}
         info = GaugeMetricFamily(
             "vllm:cache_config_info",
@@ -133,20 +141,23 @@ class TwinMetrics:
         disable_created_metrics()  # as vLLM does: no *_created series
         self.registry = CollectorRegistry()
         self.registry.register(EngineStatsCollector(read_stats, model_name, cache))
-        names = ["engine", "model_name"]
-        self._ttft = Histogram(
+        self._ttft = self._histogram(
             "vllm:time_to_first_token_seconds",
             "Histogram of time to first token in seconds (modeled engine time).",
-            names,
-            registry=self.registry,
-            buckets=TTFT_BUCKETS,
-        ).labels("0", model_name)
-        self._e2e = Histogram(
+            TTFT_BUCKETS, model_name,
+        )
+        self._e2e = self._histogram(
             "vllm:e2e_request_latency_seconds",
             "Histogram of e2e request latency in seconds (modeled engine time).",
-            names,
-            registry=self.registry,
-            buckets=E2E_BUCKETS,
+            E2E_BUCKETS, model_name,
+        )
+
+    def _histogram(
+        self, name: str, documentation: str, buckets: tuple[float, ...], model_name: str
+    ) -> Histogram:
+        """A histogram of this registry with vLLM's labels, already bound to this engine."""
+        return Histogram(
+            name, documentation, list(LABEL_NAMES), registry=self.registry, buckets=buckets
         ).labels("0", model_name)
 
     def observe(self, timing: RequestTiming) -> None:

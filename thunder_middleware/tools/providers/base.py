@@ -8,6 +8,7 @@ must not block the event loop.
 from __future__ import annotations
 
 import abc
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,9 @@ DEFAULT_OUTPUT_LIMIT = 64 * 1024
 EXIT_TIMED_OUT = 124
 EXIT_NOT_EXECUTABLE = 126
 EXIT_NOT_FOUND = 127
+#: The main process of an environment whose spec names no command: it keeps the environment up
+#: until it is reclaimed (about 68 years of sleep).
+KEEPALIVE = ["sleep", "2147483647"]
 
 
 @dataclass
@@ -69,6 +73,42 @@ class OutputBuffer:
         return b"".join(self._chunks).decode("utf-8", errors="replace")
 
 
+@dataclass(frozen=True)
+class ExecCommand:
+    """One command to run inside an environment, as ``EnvironmentProvider.exec`` got it."""
+
+    argv: list[str]
+    timeout_s: float
+    workdir: str | None = None
+    env: dict[str, str] | None = None
+    output_limit: int = DEFAULT_OUTPUT_LIMIT
+
+
+class CommandOutput:
+    """A running command's stdout and stderr (each kept to the limit) and its start time.
+
+    Every provider reports a command through ``result``/``refuse``, so duration, truncation and
+    the timed-out flag mean the same whatever the substrate.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.started = time.monotonic()
+        self.stdout = OutputBuffer(limit)
+        self.stderr = OutputBuffer(limit)
+
+    def result(self, exit_code: int, *, timed_out: bool = False) -> ExecResult:
+        return ExecResult(
+            exit_code=exit_code, stdout=self.stdout.text(), stderr=self.stderr.text(),
+            duration_s=time.monotonic() - self.started,
+            truncated=self.stdout.truncated or self.stderr.truncated, timed_out=timed_out,
+        )
+
+    def refuse(self, exit_code: int, message: str) -> ExecResult:
+        """The command could not start: the reason goes to stderr, as a shell would write it."""
+        return ExecResult(exit_code=exit_code, stdout="", stderr=message,
+                          duration_s=time.monotonic() - self.started)
+
+
 class EnvironmentProvider(abc.ABC):
     name: str = "abstract"
     #: True when environment ports are published on host ports lent from the manager's pool;
@@ -87,7 +127,6 @@ class EnvironmentProvider(abc.ABC):
     async def is_running(self, instance: Instance) -> bool:
         """False when the environment's main process has died (preparation then fails)."""
 
-    @abc.abstractmethod
     async def exec(
         self,
         instance: Instance,
@@ -99,6 +138,14 @@ class EnvironmentProvider(abc.ABC):
         output_limit: int = DEFAULT_OUTPUT_LIMIT,
     ) -> ExecResult:
         """Run a command; never raises for the command's own failure (exit codes say it)."""
+        return await self.run_command(
+            instance, ExecCommand(argv, timeout_s, workdir, env, output_limit)
+        )
+
+    @abc.abstractmethod
+    async def run_command(self, instance: Instance, command: ExecCommand) -> ExecResult:
+        """``exec`` on this substrate: the options come as one value so that the providers'
+        signatures cannot drift from the interface."""
 
     @abc.abstractmethod
     async def destroy(self, instance: Instance) -> ReclaimedCounts:

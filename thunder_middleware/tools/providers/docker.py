@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,18 +28,18 @@ from thunder_middleware.tools.errors import (
 )
 from thunder_middleware.tools.handles import ExecResult, ReclaimedCounts
 from thunder_middleware.tools.providers.base import (
-    DEFAULT_OUTPUT_LIMIT,
     EXIT_TIMED_OUT,
+    KEEPALIVE,
+    CommandOutput,
     EnvironmentProvider,
+    ExecCommand,
     Instance,
-    OutputBuffer,
     Placement,
 )
 from thunder_middleware.tools.providers.processes import kill_tree
 from thunder_middleware.tools.providers.threads import BlockingCalls
 from thunder_middleware.tools.specs import EnvSpec
 
-KEEPALIVE = ["sleep", "2147483647"]  # environments without a command stay up until reclaimed
 _SPEC_ERRORS = ("executable file not found", "no such file or directory", "invalid")
 
 
@@ -155,32 +154,23 @@ class DockerProvider(EnvironmentProvider):
         return bool(state["State"].get("Running"))
 
     # ------------------------------------------------------------------ exec
-    async def exec(
-        self,
-        instance: Instance,
-        argv: list[str],
-        *,
-        timeout_s: float,
-        workdir: str | None = None,
-        env: dict[str, str] | None = None,
-        output_limit: int = DEFAULT_OUTPUT_LIMIT,
-    ) -> ExecResult:
-        started = time.monotonic()
+    async def run_command(self, instance: Instance, command: ExecCommand) -> ExecResult:
+        output = CommandOutput(command.output_limit)
         api = self.client.api
-        exec_id = (await self._run("exec", api.exec_create, instance.ref, argv, workdir=workdir,
-                                   environment=env, stdout=True, stderr=True))["Id"]
-        stdout, stderr = OutputBuffer(output_limit), OutputBuffer(output_limit)
+        exec_id = (await self._run("exec", api.exec_create, instance.ref, command.argv,
+                                   workdir=command.workdir, environment=command.env,
+                                   stdout=True, stderr=True))["Id"]
 
         def pump() -> None:
             for out_chunk, err_chunk in api.exec_start(exec_id, stream=True, demux=True):
-                stdout.feed(out_chunk)
-                stderr.feed(err_chunk)
+                output.stdout.feed(out_chunk)
+                output.stderr.feed(err_chunk)
 
         loop = asyncio.get_running_loop()
         reading = loop.run_in_executor(self._calls.executor, pump)
         timed_out = False
         try:
-            await asyncio.wait_for(asyncio.shield(reading), timeout_s)
+            await asyncio.wait_for(asyncio.shield(reading), command.timeout_s)
         except TimeoutError:
             timed_out = True
             await self._run("exec kill", self._kill_exec, exec_id)
@@ -190,10 +180,9 @@ class DockerProvider(EnvironmentProvider):
             raise map_engine_error(exc, "exec") from exc
         details = await self._run("exec inspect", api.exec_inspect, exec_id)
         exit_code = details.get("ExitCode")
-        return ExecResult(
-            exit_code=EXIT_TIMED_OUT if timed_out or exit_code is None else int(exit_code),
-            stdout=stdout.text(), stderr=stderr.text(), duration_s=time.monotonic() - started,
-            truncated=stdout.truncated or stderr.truncated, timed_out=timed_out,
+        return output.result(
+            EXIT_TIMED_OUT if timed_out or exit_code is None else int(exit_code),
+            timed_out=timed_out,
         )
 
     def _kill_exec(self, exec_id: str) -> None:

@@ -29,17 +29,17 @@ from thunder_middleware.tools.errors import (
 )
 from thunder_middleware.tools.handles import ExecResult, ReclaimedCounts
 from thunder_middleware.tools.providers.base import (
-    DEFAULT_OUTPUT_LIMIT,
     EXIT_TIMED_OUT,
+    KEEPALIVE,
+    CommandOutput,
     EnvironmentProvider,
+    ExecCommand,
     Instance,
-    OutputBuffer,
     Placement,
 )
 from thunder_middleware.tools.providers.threads import BlockingCalls
 from thunder_middleware.tools.specs import EnvSpec
 
-KEEPALIVE = ["sleep", "2147483647"]
 IMAGE_ERRORS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
 SPEC_ERRORS = {"CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
 ANNOTATION_OWNER = "thunder.io/owner"
@@ -201,42 +201,32 @@ class KubernetesProvider(EnvironmentProvider):
             return False
         return bool(pod.status and pod.status.phase == "Running")
 
-    async def exec(
-        self,
-        instance: Instance,
-        argv: list[str],
-        *,
-        timeout_s: float,
-        workdir: str | None = None,
-        env: dict[str, str] | None = None,
-        output_limit: int = DEFAULT_OUTPUT_LIMIT,
-    ) -> ExecResult:
-        command = list(argv)
-        if env:
-            command = ["env", *(f"{key}={value}" for key, value in env.items()), *command]
-        if workdir:
-            command = ["sh", "-c", 'cd "$0" && exec "$@"', workdir, *command]
-        return await self._calls.run("exec", self._exec_sync, instance.ref, command, timeout_s,
-                                     output_limit)
+    async def run_command(self, instance: Instance, command: ExecCommand) -> ExecResult:
+        argv = list(command.argv)
+        if command.env:
+            argv = ["env", *(f"{key}={value}" for key, value in command.env.items()), *argv]
+        if command.workdir:
+            argv = ["sh", "-c", 'cd "$0" && exec "$@"', command.workdir, *argv]
+        return await self._calls.run("exec", self._exec_sync, instance.ref, argv,
+                                     command.timeout_s, command.output_limit)
 
     def _exec_sync(self, name: str, command: list[str], timeout_s: float,
                    output_limit: int) -> ExecResult:
-        started = time.monotonic()
+        output = CommandOutput(output_limit)
         session = self.stream(
             self.api.connect_get_namespaced_pod_exec, name, self.namespace, command=command,
             stderr=True, stdin=False, stdout=True, tty=False, _preload_content=False,
         )
-        stdout, stderr = OutputBuffer(output_limit), OutputBuffer(output_limit)
 
         def collect() -> None:
             if session.peek_stdout():
-                stdout.feed(session.read_stdout().encode())
+                output.stdout.feed(session.read_stdout().encode())
             if session.peek_stderr():
-                stderr.feed(session.read_stderr().encode())
+                output.stderr.feed(session.read_stderr().encode())
 
         timed_out = False
         while session.is_open():
-            remaining = timeout_s - (time.monotonic() - started)
+            remaining = timeout_s - (time.monotonic() - output.started)
             if remaining <= 0:
                 timed_out = True  # the process may linger in the pod until it is reclaimed
                 session.close()
@@ -245,11 +235,7 @@ class KubernetesProvider(EnvironmentProvider):
             collect()
         collect()
         exit_code = EXIT_TIMED_OUT if timed_out else int(session.returncode or 0)
-        return ExecResult(
-            exit_code=exit_code, stdout=stdout.text(), stderr=stderr.text(),
-            duration_s=time.monotonic() - started,
-            truncated=stdout.truncated or stderr.truncated, timed_out=timed_out,
-        )
+        return output.result(exit_code, timed_out=timed_out)
 
     def _delete_sync(self, name: str) -> bool:
         try:

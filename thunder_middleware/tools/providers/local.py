@@ -19,18 +19,21 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from thunder_middleware.tools import labels
 from thunder_middleware.tools.disk import directory_usage
 from thunder_middleware.tools.errors import InvalidSpec, ProviderError
 from thunder_middleware.tools.handles import ExecResult, ReclaimedCounts
 from thunder_middleware.tools.providers.base import (
-    DEFAULT_OUTPUT_LIMIT,
     EXIT_NOT_EXECUTABLE,
     EXIT_NOT_FOUND,
     EXIT_TIMED_OUT,
+    CommandOutput,
     EnvironmentProvider,
+    ExecCommand,
     Instance,
     OutputBuffer,
     Placement,
@@ -169,27 +172,15 @@ class LocalProvider(EnvironmentProvider):
         main: asyncio.subprocess.Process | None = instance.data["main"]
         return main is None or main.returncode is None
 
-    async def exec(
-        self,
-        instance: Instance,
-        argv: list[str],
-        *,
-        timeout_s: float,
-        workdir: str | None = None,
-        env: dict[str, str] | None = None,
-        output_limit: int = DEFAULT_OUTPUT_LIMIT,
-    ) -> ExecResult:
-        started = time.monotonic()
+    async def run_command(self, instance: Instance, command: ExecCommand) -> ExecResult:
+        output = CommandOutput(command.output_limit)
+        argv, workdir = command.argv, command.workdir
         cwd = _inside(instance.data["work"], workdir) if workdir else instance.data["cwd"]
         if not cwd.is_dir():
-            return ExecResult(exit_code=EXIT_NOT_EXECUTABLE, stdout="",
-                              stderr=f"workdir {workdir!r} does not exist",
-                              duration_s=time.monotonic() - started)
-        environment = self._environment(instance, env)
+            return output.refuse(EXIT_NOT_EXECUTABLE, f"workdir {workdir!r} does not exist")
+        environment = self._environment(instance, command.env)
         if "/" not in argv[0] and shutil.which(argv[0], path=environment["PATH"]) is None:
-            return ExecResult(exit_code=EXIT_NOT_FOUND, stdout="",
-                              stderr=f"{argv[0]}: command not found",
-                              duration_s=time.monotonic() - started)
+            return output.refuse(EXIT_NOT_FOUND, f"{argv[0]}: command not found")
         # Our own pipes, not asyncio's PIPE: asyncio's wait() also waits for its pipes to close,
         # so a command that leaves a background child (``server &``) would hang the exec.
         out_read, out_write = os.pipe()
@@ -203,20 +194,17 @@ class LocalProvider(EnvironmentProvider):
         except (FileNotFoundError, PermissionError) as exc:
             for fd in (out_read, err_read):
                 os.close(fd)
-            missing = isinstance(exc, FileNotFoundError)
-            return ExecResult(exit_code=EXIT_NOT_FOUND if missing else EXIT_NOT_EXECUTABLE,
-                              stdout="", stderr=f"{argv[0]}: "
-                              f"{'command not found' if missing else 'permission denied'}",
-                              duration_s=time.monotonic() - started)
+            if isinstance(exc, FileNotFoundError):
+                return output.refuse(EXIT_NOT_FOUND, f"{argv[0]}: command not found")
+            return output.refuse(EXIT_NOT_EXECUTABLE, f"{argv[0]}: permission denied")
         finally:
             os.close(out_write)
             os.close(err_write)
-        stdout, stderr = OutputBuffer(output_limit), OutputBuffer(output_limit)
-        readers = [asyncio.ensure_future(_drain(out_read, stdout)),
-                   asyncio.ensure_future(_drain(err_read, stderr))]
+        readers = [asyncio.ensure_future(_drain(out_read, output.stdout)),
+                   asyncio.ensure_future(_drain(err_read, output.stderr))]
         timed_out = False
         try:
-            exit_code = await asyncio.wait_for(process.wait(), timeout_s)
+            exit_code = await asyncio.wait_for(process.wait(), command.timeout_s)
         except TimeoutError:
             timed_out = True
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -230,11 +218,7 @@ class LocalProvider(EnvironmentProvider):
             await asyncio.gather(*pending, return_exceptions=True)
         if exit_code < 0:  # killed by a signal: report it the way shells and Docker do
             exit_code = 128 - exit_code
-        return ExecResult(
-            exit_code=exit_code, stdout=stdout.text(), stderr=stderr.text(),
-            duration_s=time.monotonic() - started,
-            truncated=stdout.truncated or stderr.truncated, timed_out=timed_out,
-        )
+        return output.result(exit_code, timed_out=timed_out)
 
     async def destroy(self, instance: Instance) -> ReclaimedCounts:
         killed = kill_processes(processes_with(labels.ENV_VAR_ENV_ID, instance.env_id))
@@ -263,11 +247,7 @@ class LocalProvider(EnvironmentProvider):
                       and labels.instance_is_dead(found[labels.ENV_VAR_INSTANCE])]
             killed = kill_processes(doomed)
             removed = 0
-            for env_dir in self.root.iterdir():
-                try:
-                    meta = json.loads((env_dir / "meta.json").read_text())
-                except (OSError, ValueError):
-                    continue
+            for env_dir, meta in self._environment_metadata():
                 instance = meta.get("instance", "")
                 if instance != own_instance_id and labels.instance_is_dead(instance):
                     shutil.rmtree(env_dir, ignore_errors=True)
@@ -277,11 +257,15 @@ class LocalProvider(EnvironmentProvider):
         return await asyncio.to_thread(sweep)
 
     async def count_owned(self, owner: str | None = None) -> int:
-        count = 0
+        return sum(owner is None or meta.get("owner") == owner
+                   for _, meta in self._environment_metadata())
+
+    def _environment_metadata(self) -> Iterator[tuple[Path, dict[str, Any]]]:
+        """Each environment directory under the root with its ``meta.json``; directories
+        without readable metadata (half-created or half-removed) are not environments."""
         for env_dir in self.root.iterdir():
             try:
                 meta = json.loads((env_dir / "meta.json").read_text())
             except (OSError, ValueError):
                 continue
-            count += owner is None or meta.get("owner") == owner
-        return count
+            yield env_dir, meta

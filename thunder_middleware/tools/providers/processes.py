@@ -10,17 +10,26 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 from thunder_middleware.tools import labels
 
 
-def _is_zombie(pid: str) -> bool:
+def _stat_fields(pid: str) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state first, then the parent
+    pid); None once the process is gone. Split after the last ")" because the name itself may
+    hold spaces and parentheses."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in {"Z", "X"}
+        return None
+    return stat.rsplit(")", 1)[1].split()
+
+
+def _is_zombie(pid: str) -> bool:
+    fields = _stat_fields(pid)
+    return fields is None or fields[0] in {"Z", "X"}
 
 
 def managed_processes() -> dict[int, dict[str, str]]:
@@ -53,13 +62,23 @@ def processes_with(label: str, value: str) -> list[int]:
 
 def kill_processes(pids: list[int]) -> int:
     """SIGKILL each pid (and its process group when it leads one); returns how many died."""
+
+    def kill_group_or_process(pid: int) -> None:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+
+    return _kill_each(pids, kill_group_or_process)
+
+
+def _kill_each(pids: list[int], kill: Callable[[int], None]) -> int:
+    """Apply ``kill`` to each pid; one that is gone or not ours is skipped, not an error (it may
+    have exited since it was found). Returns how many were killed."""
     killed = 0
     for pid in pids:
         try:
-            if os.getpgid(pid) == pid:
-                os.killpg(pid, signal.SIGKILL)
-            else:
-                os.kill(pid, signal.SIGKILL)
+            kill(pid)
             killed += 1
         except (ProcessLookupError, PermissionError):
             continue
@@ -72,12 +91,9 @@ def descendants(pid: int) -> list[int]:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        parents.setdefault(parent, []).append(int(entry))
+        fields = _stat_fields(entry)
+        if fields is not None:
+            parents.setdefault(int(fields[1]), []).append(int(entry))
     found, frontier = [pid], [pid]
     while frontier:
         children = parents.get(frontier.pop(), [])
@@ -88,11 +104,4 @@ def descendants(pid: int) -> list[int]:
 
 def kill_tree(pid: int) -> int:
     """SIGKILL a process and all its descendants (an exec'd shell and what it started)."""
-    killed = 0
-    for member in descendants(pid):
-        try:
-            os.kill(member, signal.SIGKILL)
-            killed += 1
-        except (ProcessLookupError, PermissionError):
-            continue
-    return killed
+    return _kill_each(descendants(pid), lambda member: os.kill(member, signal.SIGKILL))
