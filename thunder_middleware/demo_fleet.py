@@ -86,11 +86,11 @@ class FleetShape:
 
     agents: int = 24
     tasks_per_agent: int = 1
-    tool_turns: tuple[int, int] = (10, 16)  # the twin's tool-call turns per task
-    tool_seconds: tuple[float, float] = (2.0, 8.0)  # modeled seconds, divided by time_scale
-    observation_lines: tuple[int, int] = (8, 60)  # about 25 tokens a line
+    tool_turns: tuple[int, int] = (10, 14)  # the twin's tool-call turns per task
+    tool_seconds: tuple[float, float] = (0.5, 2.0)  # modeled seconds, divided by time_scale
+    observation_lines: tuple[int, int] = (80, 120)  # about 25 tokens a line: contexts of 20-40k
     max_tokens: int = 400
-    time_scale: float = 10.0
+    time_scale: float = 5.0
     seed: int = 0
 
 

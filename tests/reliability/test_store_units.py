@@ -73,3 +73,14 @@ def test_prune_keeps_live_and_newest_ended(tmp_path: Path) -> None:
     assert store.count("terminated") == 5 and store.count() == 6
     kept = {record.key for record in store.load() if record.status == "terminated"}
     assert kept == {f"t/ended{index}" for index in range(15, 20)}
+
+
+def test_the_memory_store_does_not_keep_ended_programs() -> None:
+    from thunder_middleware.sidecar.persistence import InMemoryProgramStore
+
+    store = InMemoryProgramStore()
+    for index in range(100):
+        store.save(_record(f"t/p{index}"))
+        store.save(_record(f"t/p{index}", status="terminated"))
+    store.save(_record("t/live"))
+    assert [record.key for record in store.load()] == ["t/live"]

@@ -46,6 +46,11 @@ class InMemoryProgramStore:
         self._records: dict[str, StoredProgram] = {}
 
     def save(self, record: StoredProgram) -> None:
+        if record.status == "terminated":
+            # nothing reads it back before a restart (the registry keeps the recent ended
+            # programs), so keeping it would grow memory with every program ever seen
+            self._records.pop(record.key, None)
+            return
         self._records[record.key] = record
 
     def delete(self, key: str) -> None:
