@@ -154,3 +154,21 @@ def test_settings_flags_over_environment_over_toml(tmp_path, monkeypatch) -> Non
     assert load_settings().backends == ["http://x:1", "http://y:2"]
     with pytest.raises(ValueError):
         load_settings(lambda_min=2.0, lambda_max=1.0)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "hint"),
+    [
+        ([5, 6, 7, 8], 4),
+        ([[1, 2], [3, 4, 5]], 5),
+        ("a text prompt", None),
+        (["two", "texts"], None),
+    ],
+)
+def test_token_id_prompts_give_the_policy_their_exact_size(
+    prompt: object, hint: int | None
+) -> None:
+    parsed = prepare_request(orjson.dumps({"model": "m", "prompt": prompt}), "completions")
+    assert parsed.prompt_tokens_hint == hint
+    chat = prepare_request(orjson.dumps({"messages": [{"role": "user", "content": "hi"}]}), "chat")
+    assert chat.prompt_tokens_hint is None

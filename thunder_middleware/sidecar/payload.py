@@ -27,6 +27,7 @@ class ParsedRequest:
     stream: bool
     client_wants_usage: bool
     prompt_chars: int
+    prompt_tokens_hint: int | None = None  # exact, when the prompt is given as token ids
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
@@ -64,6 +65,19 @@ def prompt_chars(body: dict[str, Any], route: Route) -> int:
     if isinstance(prompt, str):
         return len(prompt)
     return sum(len(item) if isinstance(item, str | list) else 1 for item in prompt)
+
+
+def prompt_token_ids_count(body: dict[str, Any], route: Route) -> int | None:
+    """Token-id prompts (``[1, 2, ...]`` or a list of them) carry their exact size, which
+    beats any characters-per-token estimate for a program's first request."""
+    prompt = body.get("prompt") if route == "completions" else None
+    if not isinstance(prompt, list) or not prompt:
+        return None
+    if all(isinstance(item, int) for item in prompt):
+        return len(prompt)
+    if all(isinstance(item, list) and all(isinstance(i, int) for i in item) for item in prompt):
+        return sum(len(item) for item in prompt)
+    return None
 
 
 def _check_fields(body: dict[str, Any], route: Route) -> None:
@@ -118,4 +132,5 @@ def prepare_request(
         stream=stream,
         client_wants_usage=client_wants_usage,
         prompt_chars=prompt_chars(body, route),
+        prompt_tokens_hint=prompt_token_ids_count(body, route),
     )

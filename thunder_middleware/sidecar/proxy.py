@@ -87,6 +87,7 @@ class Proxy:
                 raise no_backend()
             try:
                 lease = await self.runtime.acquire(key, parsed.prompt_chars, receive,
+                                                   prompt_tokens_hint=parsed.prompt_tokens_hint,
                                                    retried=attempt > 0)
             except ClientDisconnected:
                 self.metrics.requests.labels(route=route, outcome="abandoned").inc()

@@ -143,7 +143,7 @@ class SchedulerRuntime:
         return program
 
     async def acquire(self, key: str, prompt_chars: int, receive: Receive,
-                      *, retried: bool = False) -> Lease:
+                      *, retried: bool = False, prompt_tokens_hint: int | None = None) -> Lease:
         """Wait until the policy lets a request of ``key`` through; return where to send it.
 
         Raises ClientDisconnected (reported to the policy as abandoned) or APIError(409)
@@ -154,7 +154,8 @@ class SchedulerRuntime:
         arrival = time.perf_counter()
         future = self.gates.open(key)
         try:
-            self.apply(self.scheduler.on_request(key, self.now(), prompt_chars))
+            self.apply(self.scheduler.on_request(
+                key, self.now(), prompt_chars, prompt_tokens_hint=prompt_tokens_hint))
             backend = await wait_for_backend(future, receive)
         except ProgramEnded as exc:
             raise APIError(409, f"program {program.program_id!r} was {exc.reason} while "
