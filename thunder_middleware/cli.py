@@ -1,14 +1,18 @@
 """The ``thunder-middleware`` command.
 
 Each subcommand lives next to the code it starts (``twin/cli.py``, ``sidecar/cli.py``, ...)
-so this file only wires them together.
+so this file only wires them together. Those modules keep their heavy imports inside the
+command functions: starting the twin must not pay for importing LangChain.
 """
 
 from __future__ import annotations
 
-import importlib
-
 import typer
+
+from thunder_middleware.demo import demo
+from thunder_middleware.security.cli import keys
+from thunder_middleware.sidecar.cli import serve
+from thunder_middleware.twin.cli import sim
 
 app = typer.Typer(
     name="thunder-middleware",
@@ -16,18 +20,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-
-_COMMANDS = {
-    "sim": ("thunder_middleware.twin.cli", "sim", "Run the engine twin: a vLLM replica stand-in."),
-    "serve": ("thunder_middleware.sidecar.cli", "serve", "Run the program-aware sidecar."),
-    "demo": ("thunder_middleware.demo", "demo", "Twin + sidecar + agent fleet vs plain vLLM."),
-}
-
-for _name, (_module, _attr, _help) in _COMMANDS.items():
-    try:
-        _function = getattr(importlib.import_module(_module), _attr)
-    except ModuleNotFoundError as _exc:  # TEMPORARY during parallel development
-        if _exc.name is None or not _module.startswith(_exc.name):
-            raise
-        continue
-    app.command(_name, help=_help)(_function)
+app.command("sim", help="Run the engine twin: a vLLM replica stand-in.")(sim)
+app.command("serve", help="Run the program-aware sidecar in front of vLLM backends.")(serve)
+app.command("demo", help="Twin + sidecar + agent fleet, side by side with plain vLLM.")(demo)
+app.command("keys", help="API keys: `keys new` makes one, `keys hash` hashes one.")(keys)
