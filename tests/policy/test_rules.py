@@ -329,6 +329,22 @@ def test_idle_expiry_after_timeout_without_requests() -> None:
     assert rt.scheduler.program("busy") is not None  # in flight: never expired
 
 
+def test_tool_activity_restarts_the_idle_clock_only() -> None:
+    rt = published(idle_timeout_s=100.0)
+    rt.add_backend("b", 1000, 0.0)
+    rt.request("p", 0.0, 100)
+    rt.done("p", 1.0, usage(100))
+    acting_since = rt.scheduler.program("p").acting_since  # type: ignore[union-attr]
+    assert rt.scheduler.on_activity("p", 90.0) == []  # a tool started (or ended) at t=90
+    assert rt.tick(150.0) == []  # past 1 + 100, but only 60 s since the activity
+    view = rt.scheduler.program("p")
+    assert view is not None and view.acting_since == acting_since  # acting time untouched
+    assert rt.tick(190.5) == [Expire("p")]  # silent 100 s after the activity
+    assert rt.scheduler.on_activity("p", 200.0) == []  # unknown now: ignored
+    assert rt.scheduler.on_activity("never-seen", 200.0) == []
+    assert rt.scheduler.program("never-seen") is None
+
+
 def test_abandoned_request_leaves_the_queue_cleanly() -> None:
     rt = published()
     rt.add_backend("b", 1000, 0.0)

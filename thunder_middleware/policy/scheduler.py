@@ -177,6 +177,19 @@ class ProgramScheduler(Rebalancer):
             self._queue.reclassify(rec)
         return self._settle(now, [], [])
 
+    def on_activity(self, program_id: str, now: float) -> list[Decision]:
+        """Work outside the LLM (a tool running through the sidecar) is a sign of life.
+
+        Only the idle-expiry clock restarts: a program whose agent runs a long tool must not
+        be expired as crashed. Its acting time (tool-time learning, decay) is untouched, and
+        nothing else changes, so no decisions follow.
+        """
+        now = self._begin(now)
+        if program_id in self._idle:
+            self._idle[program_id] = now
+            self._idle.move_to_end(program_id)
+        return []
+
     def on_release(self, program_id: str, now: float) -> list[Decision]:
         now = self._begin(now)
         if program_id in self._programs:

@@ -48,6 +48,11 @@ def serve(
     env_provider: str = typer.Option(
         None, help="local | docker | kubernetes | none (default local)."
     ),
+    env_presets: Path = typer.Option(
+        None, "--env-presets", dir_okay=False,
+        help="TOML file of [presets.<name>] environment specs, merged over the bundled ones."),
+    release_timeout: float = typer.Option(
+        None, help="Seconds a release waits for its environment reclaim (default 10)."),
     metrics_interval: float = typer.Option(None, help="Backend scrape period, s (default 1)."),
     cost_aware: bool = typer.Option(
         None, "--cost-aware/--no-cost-aware", help="Pause only when it pays off (default on)."
@@ -90,6 +95,8 @@ def serve(
             backend_capacity=backend_capacity,
             backend_kind=backend_kind,
             env_provider=provider,
+            env_presets=env_presets,
+            release_timeout=release_timeout,
             metrics_interval=metrics_interval,
             cost_aware=cost_aware,
             strip_program_id=strip_program_id,
@@ -107,6 +114,13 @@ def serve(
     if not settings.backends:
         typer.echo("at least one --backend URL is required (or THUNDER_BACKENDS)", err=True)
         raise typer.Exit(2)
+    from thunder_middleware.sidecar.environments import PresetFileError, load_env_presets
+
+    try:
+        load_env_presets(settings.env_presets)
+    except PresetFileError as exc:
+        typer.echo(f"invalid --env-presets: {exc}", err=True)
+        raise typer.Exit(2) from exc
     from thunder_middleware.security import UnsafeBindError, check_bind
     from thunder_middleware.sidecar.app import security_config
 

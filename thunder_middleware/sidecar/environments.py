@@ -10,6 +10,8 @@ on the timeline. The runtime calls ``prepare`` and ``reclaim`` on program events
 from __future__ import annotations
 
 import logging
+import tomllib
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -60,9 +62,20 @@ def disabled_router() -> APIRouter:
 class EnvironmentLink:
     """An optional EnvironmentManager plus the router and hooks that expose it."""
 
-    def __init__(self, manager: Any | None = None, hooks: Any | None = None) -> None:
+    def __init__(self, manager: Any | None = None, hooks: Any | None = None,
+                 presets: dict[str, Any] | None = None) -> None:
         self.manager = manager
         self.hooks = hooks
+        self._presets = presets
+
+    @property
+    def presets(self) -> dict[str, Any]:
+        """The named EnvSpecs this sidecar knows: bundled, then --env-presets over them."""
+        if self._presets is None:
+            from thunder_middleware.tools import default_presets
+
+            self._presets = default_presets()
+        return self._presets
 
     @property
     def enabled(self) -> bool:
@@ -73,7 +86,7 @@ class EnvironmentLink:
             return disabled_router()
         from thunder_middleware.tools import environment_router
 
-        router: APIRouter = environment_router(self.manager, self.hooks)
+        router: APIRouter = environment_router(self.manager, self.hooks, self.presets)
         return router
 
     def install_error_handler(self, app: FastAPI) -> None:
@@ -102,16 +115,17 @@ class EnvironmentLink:
         """Declare (and start preparing at once) the environment of a registering program."""
         if self.manager is None:
             raise _disabled()
-        from thunder_middleware.tools import default_presets, resolve_spec
+        from thunder_middleware.tools import resolve_spec
 
         body: dict[str, Any] = dict(spec or {})
         if preset is not None:
             body["preset"] = preset
-        return await self.manager.declare(key, resolve_spec(body, default_presets()))
+        return await self.manager.declare(key, resolve_spec(body, self.presets))
 
 
 def make_hooks(runtime: SchedulerRuntime, max_length: int) -> Any:
-    """The four hooks the environment router needs, implemented on the runtime."""
+    """The hooks the environment router needs, implemented on the runtime: an exec's start
+    and end are program activity (idle expiry), its duration is tool time on the timeline."""
     from thunder_middleware.tools import EnvironmentHooks
 
     async def program_key(request: Request, program_id: str) -> str:
@@ -126,12 +140,44 @@ def make_hooks(runtime: SchedulerRuntime, max_length: int) -> Any:
             runtime.register(key)
 
     def record_tool_time(key: str, started_at: float, duration_s: float) -> None:
-        program = runtime.registry.live.get(key)
-        if program is not None:
-            program.timeline.record_tool_time(duration_s)
+        runtime.tool_finished(key, duration_s)
 
     return EnvironmentHooks(program_key=program_key, program_status=runtime.program_status,
-                            ensure_program=ensure_program, record_tool_time=record_tool_time)
+                            ensure_program=ensure_program, record_tool_time=record_tool_time,
+                            tool_started=runtime.tool_started)
+
+
+class PresetFileError(ValueError):
+    """--env-presets names a file that cannot be read or holds an invalid preset."""
+
+
+def load_env_presets(path: Path | None) -> dict[str, Any]:
+    """The bundled presets with those of ``path`` (same format as tools/presets.toml) merged
+    over them, so a deployment can add or redefine presets without touching the package.
+
+    Raises PresetFileError with a one-line reason: a bad file must stop start-up clearly.
+    """
+    from thunder_middleware.tools import InvalidSpec, default_presets, load_presets
+
+    presets = default_presets()
+    if path is None:
+        return presets
+    try:
+        with open(path, "rb") as handle:
+            document = tomllib.load(handle)
+        tables = document.get("presets", document)
+        if not isinstance(tables, dict) or not all(isinstance(table, dict)
+                                                   for table in tables.values()):
+            raise PresetFileError(f"{path}: expected [presets.<name>] tables of EnvSpec fields")
+        extra = load_presets(path)
+    except OSError as exc:
+        raise PresetFileError(f"cannot read environment presets {path}: "
+                              f"{exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise PresetFileError(f"{path} is not valid TOML: {exc}") from exc
+    except InvalidSpec as exc:
+        raise PresetFileError(exc.message) from exc
+    return presets | extra
 
 
 def environment_link_for(settings: SidecarSettings, runtime: SchedulerRuntime,
@@ -147,4 +193,5 @@ def environment_link_for(settings: SidecarSettings, runtime: SchedulerRuntime,
         program_status=runtime.program_status,
         exec_path=lambda key: f"/programs/{split_key(key)[1]}/exec",
     )
-    return EnvironmentLink(manager, make_hooks(runtime, settings.max_program_id_length))
+    return EnvironmentLink(manager, make_hooks(runtime, settings.max_program_id_length),
+                           load_env_presets(settings.env_presets))

@@ -98,11 +98,33 @@ async def register_program(body: RegisterProgram, request: Request,
 @router.post("/programs/release")
 async def release_program(body: ReleaseProgram, request: Request,
                           tenant: str = Depends(resolve_tenant)) -> dict[str, Any]:
-    """End a program and reclaim everything it owns."""
+    """End a program and reclaim everything it owns.
+
+    The answer is final: it waits for the environment reclaim (bounded by
+    ``release_timeout``), so what it shows, and what a GET right after shows, is the state
+    after cleanup. A reclaim still running at the bound finishes in the background and the
+    answer says ``"status": "pending"``.
+    """
     runtime = _runtime(request)
     program_id = validate_program_id(body.program_id, "program_id", _max_len(request))
-    program = runtime.release(namespaced(tenant, program_id))
-    return describe(runtime, program, timeline=False)
+    key = namespaced(tenant, program_id)
+    program = runtime.release(key)
+    finished, report = await runtime.finish_reclaim(
+        key, float(request.app.state.settings.release_timeout))
+    described = describe(runtime, program, timeline=False)
+    described["reclaim"] = reclaim_outcome(program_id, finished, report)
+    return described
+
+
+def reclaim_outcome(program_id: str, finished: bool, report: Any) -> dict[str, Any] | None:
+    """What the release reclaimed (None: environments are off or the program had none)."""
+    if not finished:
+        return {"status": "pending", "program_id": program_id,
+                "message": "the environment reclaim is still running; it finishes in the "
+                           "background (GET /programs/{id} shows the outcome)"}
+    if report is None:
+        return None
+    return {**as_plain_dict(report), "program_id": program_id, "status": "done"}
 
 
 @router.get("/programs")

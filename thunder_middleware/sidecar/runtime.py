@@ -102,6 +102,8 @@ class SchedulerRuntime:
         self.admit_program: Callable[[str], None] | None = None
         self.admit_environment: Callable[[str], None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self._reclaims: dict[str, asyncio.Task[Any]] = {}  # the last reclaim of each key
+        self._tools_running: dict[str, int] = {}  # execs in flight per program key
 
     # --- clock and lifecycle -------------------------------------------------------------
     def now(self) -> float:
@@ -122,17 +124,20 @@ class SchedulerRuntime:
                 await asyncio.wait_for(task, 10.0)
         await self.pool.close()
 
-    def _spawn(self, coro: Any, what: str) -> None:
-        """Run environment work in the background; failures are logged, never raised."""
-        async def guarded() -> None:
+    def _spawn(self, coro: Any, what: str) -> asyncio.Task[Any]:
+        """Run environment work in the background; failures are logged (result None), never
+        raised, so a caller that awaits the task sees a result or None."""
+        async def guarded() -> Any:
             try:
-                await coro
+                return await coro
             except Exception:
                 log.exception("%s failed", what)
+                return None
 
         task = asyncio.create_task(guarded(), name=what)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     # --- request path -------------------------------------------------------------------
     def ensure_program(self, key: str) -> TrackedProgram:
@@ -250,6 +255,51 @@ class SchedulerRuntime:
         assert ended is not None or program is None
         return ended or program  # type: ignore[return-value]
 
+    async def finish_reclaim(self, key: str, timeout_s: float) -> tuple[bool, Any]:
+        """Wait (at most ``timeout_s``) for the environment reclaim a termination started.
+
+        Returns (finished, report). A reclaim still running at the timeout goes on in the
+        background (shielded), so a slow engine delays the answer, never the cleanup.
+        """
+        task = self._reclaims.get(key)
+        if task is None:
+            return True, None
+        try:
+            report = await asyncio.wait_for(asyncio.shield(task), timeout_s)
+        except TimeoutError:
+            return False, None
+        return True, report
+
+    def _forget_reclaim(self, key: str, task: asyncio.Task[Any]) -> None:
+        if self._reclaims.get(key) is task:
+            del self._reclaims[key]
+
+    # --- tool activity (the environment router's hooks) ----------------------------------
+    def tool_started(self, key: str) -> None:
+        """An exec began: the program is alive, though it makes no LLM call meanwhile."""
+        self._tools_running[key] = self._tools_running.get(key, 0) + 1
+        self._tool_activity(key)
+
+    def tool_finished(self, key: str, duration_s: float) -> None:
+        """An exec ended: a sign of life again, and its time is the next step's tool time."""
+        running = self._tools_running.get(key, 0) - 1
+        if running > 0:
+            self._tools_running[key] = running
+        else:
+            self._tools_running.pop(key, None)
+        program = self._tool_activity(key)
+        if program is not None:
+            program.timeline.record_tool_time(duration_s)
+            self._save(program)
+
+    def _tool_activity(self, key: str) -> TrackedProgram | None:
+        program = self.registry.live.get(key)
+        if program is None:
+            return None
+        program.last_activity = time.time()
+        self.apply(self.scheduler.on_activity(key, self.now()))
+        return program
+
     def program_status(self, key: str) -> str | None:
         """"live", "terminated" or None (never seen): what the environment manager asks."""
         if key in self.registry.live:
@@ -307,7 +357,9 @@ class SchedulerRuntime:
             self._save(program)
         if self.environments is not None and not program.anonymous:
             final = "release" if reason == "released" else "terminated"
-            self._spawn(self.environments.reclaim(key, final), f"reclaim {key}")
+            task = self._spawn(self.environments.reclaim(key, final), f"reclaim {key}")
+            self._reclaims[key] = task
+            task.add_done_callback(lambda done: self._forget_reclaim(key, done))
         return program
 
     # --- backends (PoolListener) ---------------------------------------------------------
@@ -342,7 +394,13 @@ class SchedulerRuntime:
                 log.exception("policy tick failed")
 
     def tick(self) -> None:
-        self.apply(self.scheduler.tick(self.now()))
+        now = self.now()
+        for key in list(self._tools_running):  # a long exec keeps its program alive
+            if key in self.registry.live:
+                self.apply(self.scheduler.on_activity(key, now))
+            else:
+                self._tools_running.pop(key, None)
+        self.apply(self.scheduler.tick(now))
         self._expire_unseen()
         if self.environments is not None and self.prep_ahead:
             # paused programs about to be restored: start their environments now, so the
@@ -356,7 +414,8 @@ class SchedulerRuntime:
         runtime expires them itself on the same idle timeout."""
         limit = time.time() - self.idle_timeout_s / self.time_scale
         for key, program in list(self.registry.live.items()):
-            if program.last_activity < limit and self.scheduler.program(key) is None:
+            if program.last_activity < limit and self.scheduler.program(key) is None \
+                    and key not in self._tools_running:
                 self.metrics.expirations.inc()
                 self._terminate(key, "expired")
 

@@ -57,6 +57,10 @@ class SidecarSettings(BaseSettings):
     max_program_id_length: int = Field(256, ge=8)
     cost_aware: bool = True
     env_provider: EnvProvider = "local"
+    env_presets: Path | None = Field(
+        None, description="TOML file of named EnvSpec presets, merged over the bundled ones")
+    release_timeout: float = Field(
+        10.0, gt=0, description="s a release waits for its environment reclaim")
     log_level: str = "warning"
 
     # Security and persistence (issue 7: thunder_middleware.security, thunder_middleware.store).

@@ -83,7 +83,9 @@ class ProgramTimeline:
             "completion_tokens": self.completion_tokens,
             "prefix_hit_rate": hit_rate,
             "queue_wait_s": round(self.queue_wait_s, 6),
-            "tool_s": round(self.tool_s, 6),
+            # all measured tool time, including the execs since the last step (they join
+            # the next step's tool_s): a program busy in tools shows it at once
+            "tool_s": round(self.tool_s + self.pending_tool_s, 6),
         }
 
     def as_list(self) -> list[dict[str, Any]]:

@@ -34,6 +34,8 @@ class EnvironmentHooks:
     program_status: Callable[[str], str | None]  # "live" | "terminated" | None (unknown)
     ensure_program: Callable[[str], Awaitable[None]]  # register a program on first sight
     record_tool_time: Callable[[str, float, float], None]  # (key, started_at, duration_s)
+    # an exec began (its end is record_tool_time): lets the owner see a long tool as activity
+    tool_started: Callable[[str], None] | None = None
 
 
 class ExecRequest(BaseModel):
@@ -142,6 +144,8 @@ def environment_router(
             if manager.describe(key) or manager.default_spec is not None:
                 await hooks.ensure_program(key)  # no registration by a 404 exec
             started_at, started = time.time(), time.monotonic()
+            if hooks.tool_started is not None:
+                hooks.tool_started(key)
             try:
                 result = await manager.exec(key, body.command, timeout_s=body.timeout_s,
                                             workdir=body.workdir, env=body.env)

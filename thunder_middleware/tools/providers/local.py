@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -35,9 +36,9 @@ from thunder_middleware.tools.providers.base import (
     EnvironmentProvider,
     ExecCommand,
     Instance,
-    OutputBuffer,
     Placement,
 )
+from thunder_middleware.tools.providers.pipes import CommandPipes
 from thunder_middleware.tools.providers.processes import (
     kill_processes,
     managed_processes,
@@ -45,6 +46,8 @@ from thunder_middleware.tools.providers.processes import (
 )
 from thunder_middleware.tools.specs import EnvSpec
 
+logger = logging.getLogger(__name__)
+_REMOVE_ATTEMPTS = 5
 _READ_GRACE_S = 0.2  # output still arriving after exit (background children may hold the pipe)
 _PRLIMIT = shutil.which("prlimit")
 _TASKSET = shutil.which("taskset")
@@ -78,18 +81,9 @@ def _inside(work: Path, path: str | None) -> Path:
     return target
 
 
-async def _drain(fd: int, sink: OutputBuffer) -> None:
-    """Read a pipe into ``sink`` until EOF; closing the transport closes the fd."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    transport, _ = await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
-    )
-    try:
-        while chunk := await reader.read(65536):
-            sink.feed(chunk)
-    finally:
-        transport.close()
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 class LocalProvider(EnvironmentProvider):
@@ -98,6 +92,8 @@ class LocalProvider(EnvironmentProvider):
     def __init__(self, root: str | Path | None = None) -> None:
         self.root = Path(root or os.environ.get("THUNDER_ENV_ROOT", "/tmp/thunder-envs"))
         self.root.mkdir(parents=True, exist_ok=True)
+        #: Environments whose directory survived every removal attempt (also logged).
+        self.removal_failures = 0
 
     async def validate(self, spec: EnvSpec) -> None:
         argv = spec.command_argv()
@@ -183,56 +179,70 @@ class LocalProvider(EnvironmentProvider):
             return output.refuse(EXIT_NOT_FOUND, f"{argv[0]}: command not found")
         # Our own pipes, not asyncio's PIPE: asyncio's wait() also waits for its pipes to close,
         # so a command that leaves a background child (``server &``) would hang the exec.
-        out_read, out_write = os.pipe()
-        err_read, err_write = os.pipe()
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *limited_argv(argv, instance.data["spec"]), cwd=cwd, env=environment,
-                stdin=asyncio.subprocess.DEVNULL, stdout=out_write, stderr=err_write,
-                start_new_session=True,
-            )
-        except (FileNotFoundError, PermissionError) as exc:
-            for fd in (out_read, err_read):
-                os.close(fd)
-            if isinstance(exc, FileNotFoundError):
+        with CommandPipes(output.stdout, output.stderr) as pipes:
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    *limited_argv(argv, instance.data["spec"]), cwd=cwd, env=environment,
+                    stdin=asyncio.subprocess.DEVNULL, stdout=pipes.stdout_write,
+                    stderr=pipes.stderr_write, start_new_session=True,
+                )
+            except FileNotFoundError:
                 return output.refuse(EXIT_NOT_FOUND, f"{argv[0]}: command not found")
-            return output.refuse(EXIT_NOT_EXECUTABLE, f"{argv[0]}: permission denied")
-        finally:
-            os.close(out_write)
-            os.close(err_write)
-        readers = [asyncio.ensure_future(_drain(out_read, output.stdout)),
-                   asyncio.ensure_future(_drain(err_read, output.stderr))]
-        timed_out = False
-        try:
-            exit_code = await asyncio.wait_for(process.wait(), command.timeout_s)
-        except TimeoutError:
-            timed_out = True
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
-            exit_code = EXIT_TIMED_OUT
-        finally:
-            _, pending = await asyncio.wait(readers, timeout=_READ_GRACE_S)
-            for reader in pending:
-                reader.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            except PermissionError:
+                return output.refuse(EXIT_NOT_EXECUTABLE, f"{argv[0]}: permission denied")
+            pipes.child_started()
+            timed_out = False
+            try:
+                exit_code = await asyncio.wait_for(process.wait(), command.timeout_s)
+            except TimeoutError:
+                timed_out = True
+                _kill_group(process.pid)
+                await process.wait()
+                exit_code = EXIT_TIMED_OUT
+            except asyncio.CancelledError:
+                _kill_group(process.pid)  # the caller is gone: nobody will read the result
+                raise
+            await pipes.drained(_READ_GRACE_S)
         if exit_code < 0:  # killed by a signal: report it the way shells and Docker do
             exit_code = 128 - exit_code
         return output.result(exit_code, timed_out=timed_out)
 
     async def destroy(self, instance: Instance) -> ReclaimedCounts:
-        killed = kill_processes(processes_with(labels.ENV_VAR_ENV_ID, instance.env_id))
+        """Kill and remove; a step that fails is logged and the next still runs, so that a
+        failure to kill or to read never leaves the directory behind."""
+        try:
+            killed = kill_processes(processes_with(labels.ENV_VAR_ENV_ID, instance.env_id))
+        except OSError as exc:
+            logger.warning("environment %s: finding its processes failed: %r", instance.env_id, exc)
+            killed = 0
         main: asyncio.subprocess.Process | None = instance.data.get("main")
         if main is not None and main.returncode is None:
             # os.killpg, not main.kill(): Popen.send_signal() polls first and would reap the
             # child behind asyncio's child watcher (which then reports exit status 255).
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(main.pid, signal.SIGKILL)
+            _kill_group(main.pid)
             await main.wait()
         env_dir = Path(instance.ref)
         existed = env_dir.exists()
-        await asyncio.to_thread(shutil.rmtree, env_dir, True)
+        if not await asyncio.to_thread(self._remove_directory, env_dir):
+            self.removal_failures += 1
         return ReclaimedCounts(processes=killed, directories=int(existed))
+
+    def _remove_directory(self, env_dir: Path) -> bool:
+        """``rmtree`` with retries (a process dying meanwhile may still write a file); True
+        once the directory is gone. Not ``ignore_errors``: a failure must be seen."""
+        for attempt in range(_REMOVE_ATTEMPTS):
+            try:
+                shutil.rmtree(env_dir)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                logger.warning("removing %s failed (attempt %d): %r", env_dir, attempt + 1, exc)
+                time.sleep(0.05 * (attempt + 1))
+            if not env_dir.exists():
+                return True
+        logger.error("environment directory %s left behind after %d attempts",
+                     env_dir, _REMOVE_ATTEMPTS)
+        return False
 
     async def disk_usage(self, instances: list[Instance]) -> dict[str, int]:
         def measure() -> dict[str, int]:
