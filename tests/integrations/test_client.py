@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -47,6 +49,42 @@ def test_transport_errors_are_retried_then_raised() -> None:
     with pytest.raises(httpx.ConnectError):
         client.release("p")
     assert time.monotonic() - started >= 0.2  # two exponential back-offs: 0.1 s + 0.2 s
+
+
+class _AlwaysBadGateway(BaseHTTPRequestHandler):
+    """A loopback server that answers every POST with 502 and counts them."""
+
+    calls = 0
+
+    def do_POST(self) -> None:
+        type(self).calls += 1
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = b'{"error": {"message": "upstream gone", "type": "upstream_error"}}'
+        self.send_response(502)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_exec_is_not_sent_twice_but_release_is_retried() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _AlwaysBadGateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = ThunderClient(f"http://127.0.0.1:{server.server_address[1]}", attempts=3)
+        with pytest.raises(ThunderAPIError) as caught:
+            client.exec("p", "make test")  # the command may have run: never sent again
+        assert caught.value.status_code == 502 and _AlwaysBadGateway.calls == 1
+        with pytest.raises(ThunderAPIError):
+            client.release("p")
+        assert _AlwaysBadGateway.calls == 1 + 3
+        client.close()
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 async def test_async_client_register_exec_release(stack: Stack, program_id: str) -> None:

@@ -59,6 +59,15 @@ def _is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, httpx.TransportError)
 
 
+def _never_sent(exc: BaseException) -> bool:
+    """The request did not reach the sidecar: safe to send again even if not idempotent.
+
+    A read timeout or a 502/504 may come after the command started, so an exec is not
+    retried on those (the command could run twice).
+    """
+    return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+
+
 @dataclass
 class _Settings:
     base_url: str
@@ -69,11 +78,11 @@ class _Settings:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
-    def retry_kwargs(self) -> dict[str, Any]:
+    def retry_kwargs(self, call: Call) -> dict[str, Any]:
         return {
             "stop": stop_after_attempt(self.attempts),
             "wait": wait_exponential(multiplier=0.1, max=2.0),
-            "retry": retry_if_exception(_is_retryable),
+            "retry": retry_if_exception(_is_retryable if call.idempotent else _never_sent),
             "reraise": True,
         }
 
@@ -99,7 +108,7 @@ class ThunderClient:
         return self.settings.base_url
 
     def _send(self, call: Call, timeout_s: float | None = None) -> Any:
-        for attempt in Retrying(**self.settings.retry_kwargs()):
+        for attempt in Retrying(**self.settings.retry_kwargs(call)):
             with attempt:
                 response = self._http.request(call.method, call.path, json=call.body,
                                               timeout=timeout_s or self.settings.timeout_s)
@@ -189,7 +198,7 @@ class AsyncThunderClient:
         return self._http
 
     async def _send(self, call: Call, timeout_s: float | None = None) -> Any:
-        async for attempt in AsyncRetrying(**self.settings.retry_kwargs()):
+        async for attempt in AsyncRetrying(**self.settings.retry_kwargs(call)):
             with attempt:
                 response = await self._client().request(
                     call.method, call.path, json=call.body,

@@ -98,6 +98,9 @@ class Call:
     path: str
     body: Any = None
     none_on: frozenset[int] = field(default_factory=frozenset)  # statuses answered with None
+    # False where sending twice could do the work twice (exec): such a call is retried only
+    # when it surely never reached the sidecar (the connection was never made).
+    idempotent: bool = True
 
 
 def _pid(program_id: str) -> str:
@@ -174,7 +177,7 @@ class Calls:
             body["timeout_s"] = timeout_s
         if workdir is not None:
             body["workdir"] = workdir
-        return Call("POST", f"/programs/{_pid(program_id)}/exec", body)
+        return Call("POST", f"/programs/{_pid(program_id)}/exec", body, idempotent=False)
 
 
 def decode(call: Call, response: httpx.Response) -> Any:
