@@ -10,7 +10,11 @@ Named sweeps (run all by default, or name some):
   (``--grid-steps``, default 20) to keep the whole script near ten CPU minutes; writes one
   table + plot per replica count and the KV-over-time plots of thunder vs session affinity.
 
-    .venv/bin/python -m benchmarks.sweeps [headline small router openhands grid]
+``--trace FILE`` (from ``thunder-middleware trace save``) replays that trace's programs
+instead of the SWE-agent-like workload for ``headline`` and ``small``, written as
+``headline_trace`` / ``small_trace`` so the generated-workload results stay as they are.
+
+    .venv/bin/python -m benchmarks.sweeps [headline small router openhands grid] [--trace FILE]
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from pathlib import Path
 
 from thunder_middleware.sim.metrics import RunResult
 from thunder_middleware.sim.results import plot_kv_over_time, print_table, write_sweep
-from thunder_middleware.sim.sweep import SINGLE_REPLICA_POLICIES, RunSpec, run_many
+from thunder_middleware.sim.sweep import SINGLE_REPLICA_POLICIES, RunSpec, load_trace, run_many
 
 RESULTS = Path(__file__).parent / "results"
 CONCURRENCY = (24, 48, 72, 96, 128)
@@ -61,14 +65,27 @@ def ratios(results: Sequence[RunResult]) -> str:
 
 
 def single_point(name: str, workload: str, concurrency: Sequence[int], steps: int,
-                 out: Path, title: str) -> list[RunResult]:
-    specs = [RunSpec(workload, p, n, 1, steps) for n in concurrency
+                 out: Path, title: str, trace: Path | None = None) -> list[RunResult]:
+    extra = ""
+    if trace is not None:
+        replayed = load_trace(trace)
+        workload, name = replayed.workload, f"{name}_trace"
+        title = (f"Trace {trace.name} ({replayed.workload}), "
+                 f"{'/'.join(map(str, concurrency))} programs, 1 replica")
+        extra = (f"Programs replayed from the trace `{trace.name}` ({replayed.workload}, "
+                 f"seed {replayed.seed}, {len(replayed.programs)} programs). ")
+    specs = [RunSpec(workload, p, n, 1, steps, trace=trace) for n in concurrency
              for p in SINGLE_REPLICA_POLICIES]
     results = run_many(specs)
     print_table(title, results)
     summary = ratios(results)
     print(summary)
-    write_sweep(results, out, name, title, notes=_notes(steps) + "\n\n" + summary,
+    short = [r for r in results if r.steps < r.concurrency * steps]
+    if short:  # a finite trace ran out of programs before the step budget
+        print(f"warning: the trace ran out before the step budget in {len(short)} run(s) "
+              f"(fewest steps {min(r.steps for r in short)} of "
+              f"{short[0].concurrency * steps}); save it with more --programs")
+    write_sweep(results, out, name, title, notes=_notes(steps, extra) + "\n\n" + summary,
                 plot=len(concurrency) > 1)
     return results
 
@@ -103,18 +120,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grid-steps", type=int, default=20, help="steps per slot, grid")
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--trace", type=Path, default=None, metavar="FILE",
+                        help="replay this trace for headline/small instead of the workload")
     args = parser.parse_args(argv)
     start = time.process_time()
     chosen = args.sweeps or list(SWEEPS)
     unknown = sorted(set(chosen) - set(SWEEPS))
     if unknown:
         parser.error(f"unknown sweep(s) {unknown}; choose from {list(SWEEPS)}")
+    if args.trace is not None:
+        if not {"headline", "small"} & set(chosen):
+            parser.error("--trace applies to the headline and small sweeps only")
+        try:
+            load_trace(args.trace)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            parser.error(f"cannot read the trace {args.trace}: {error}")
     if "headline" in chosen:
         single_point("headline", "swe-agent", [96], args.steps, args.out,
-                     "SWE-agent-like, 96 programs, 1 replica")
+                     "SWE-agent-like, 96 programs, 1 replica", args.trace)
     if "small" in chosen:
         single_point("small", "swe-agent", [24], args.steps, args.out,
-                     "SWE-agent-like, 24 programs, 1 replica")
+                     "SWE-agent-like, 24 programs, 1 replica", args.trace)
     if "router" in chosen:
         single_point("router", "router", [24, 96], args.steps, args.out,
                      "Router-like (ToolOrchestra shape), 1 replica")

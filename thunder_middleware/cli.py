@@ -12,6 +12,7 @@ import typer
 from thunder_middleware.demo import demo
 from thunder_middleware.security.cli import keys
 from thunder_middleware.sidecar.cli import serve
+from thunder_middleware.trace_cli import trace_app
 from thunder_middleware.twin.cli import sim
 
 app = typer.Typer(
@@ -24,3 +25,4 @@ app.command("sim", help="Run the engine twin: a vLLM replica stand-in.")(sim)
 app.command("serve", help="Run the program-aware sidecar in front of vLLM backends.")(serve)
 app.command("demo", help="Twin + sidecar + agent fleet, side by side with plain vLLM.")(demo)
 app.command("keys", help="API keys: `keys new` makes one, `keys hash` hashes one.")(keys)
+app.add_typer(trace_app, name="trace", help="Workload traces: `trace save`, `trace show`.")

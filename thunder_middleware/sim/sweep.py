@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from thunder_middleware.sim.engines import EngineSpec
-from thunder_middleware.sim.harness import HarnessConfig, run_simulation
+from thunder_middleware.sim.harness import HarnessConfig, ProgramSource, run_simulation
 from thunder_middleware.sim.metrics import RunResult
 from thunder_middleware.sim.routing import make_policy
+from thunder_middleware.sim.trace import Trace, read_trace
 from thunder_middleware.sim.workloads import workload
 
 ALL_POLICIES: tuple[str, ...] = (
@@ -36,10 +39,24 @@ class RunSpec:
     steps_per_program: int = 50
     seed: int = 0
     engine: EngineSpec = field(default_factory=EngineSpec)
+    #: replay this trace file instead of generating ``workload`` (``seed`` is then unused)
+    trace: Path | None = None
 
     def label(self) -> str:
-        return (f"{self.workload} {self.policy} n={self.concurrency} r={self.replicas} "
+        source = f"trace {self.trace.name}" if self.trace is not None else self.workload
+        return (f"{source} {self.policy} n={self.concurrency} r={self.replicas} "
                 f"s={self.steps_per_program}")
+
+
+@lru_cache(maxsize=4)
+def _read_trace_cached(path: Path, mtime_ns: int, size: int) -> Trace:
+    return read_trace(path)
+
+
+def load_trace(path: Path) -> Trace:
+    """``read_trace``, once per file version: every policy of a sweep replays the same one."""
+    stat = path.stat()
+    return _read_trace_cached(path.resolve(), stat.st_mtime_ns, stat.st_size)
 
 
 def run_one(spec: RunSpec) -> RunResult:
@@ -49,7 +66,9 @@ def run_one(spec: RunSpec) -> RunResult:
         replicas=spec.replicas,
         engine=spec.engine,
     )
-    return run_simulation(workload(spec.workload, spec.seed), make_policy(spec.policy), config)
+    source: ProgramSource = (load_trace(spec.trace) if spec.trace is not None
+                             else workload(spec.workload, spec.seed))
+    return run_simulation(source, make_policy(spec.policy), config)
 
 
 def grid(
