@@ -13,7 +13,7 @@ latency p50/p99 per call, and the sidecar process's peak RSS, open file descript
 sockets sampled from /proc every 0.25 s; after the run, the programs still live (zero
 expected after every release).
 
-    .venv/bin/python benchmarks/load.py [--programs 1000] [--requests 20000] [--twins 2]
+    .venv/bin/python -m benchmarks.load [--programs 1000] [--requests 20000] [--twins 2]
 
 Writes benchmarks/results/load.md and benchmarks/results/load.png.
 """
@@ -166,7 +166,7 @@ def write(figures: dict[str, Any], errors: Counter[str], args: argparse.Namespac
     lines = [
         "# Load: concurrent programs through one sidecar",
         "",
-        f"Command: `.venv/bin/python benchmarks/load.py --programs {args.programs} "
+        f"Command: `.venv/bin/python -m benchmarks.load --programs {args.programs} "
         f"--requests {args.requests} --twins {args.twins} --max-tokens {args.max_tokens} "
         f"--time-scale {args.time_scale:g} --clients {args.clients}"
         f"{'' if args.auth else ' --no-auth'}{'' if args.persist else ' --no-state-dir'}`",

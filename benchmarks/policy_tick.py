@@ -8,7 +8,7 @@ virtual time); only ``tick()`` is timed, in wall time (``perf_counter_ns``) and 
 thread's CPU time (``thread_time_ns``, which leaves out time the process was descheduled on
 a loaded machine). The event calls are timed too and reported as a mean per event.
 
-    .venv/bin/python benchmarks/policy_tick.py [--ticks 300] [--programs 1000 10000]
+    .venv/bin/python -m benchmarks.policy_tick [--ticks 300] [--programs 1000 10000]
 
 Writes benchmarks/results/policy_tick.md and benchmarks/results/policy_tick.png.
 """

@@ -11,7 +11,7 @@ fast): straight to the twin, then through a sidecar in front of it. Reported:
 
 Target (issue 3): added p50 < 1.5 ms.
 
-    .venv/bin/python benchmarks/sidecar_latency.py [--programs 128] [--seconds 20]
+    .venv/bin/python -m benchmarks.sidecar_latency [--programs 128] [--seconds 20]
 
 Writes benchmarks/results/sidecar_latency.md and benchmarks/results/sidecar_latency.png.
 """
@@ -187,7 +187,7 @@ def main() -> None:
     lines = [
         "# Sidecar added latency",
         "",
-        f"`.venv/bin/python benchmarks/sidecar_latency.py --programs {args.programs} "
+        f"`.venv/bin/python -m benchmarks.sidecar_latency --programs {args.programs} "
         f"--seconds {args.seconds:g}` on {platform.machine()}, {os.cpu_count()} CPUs, "
         f"load average {load[0]:.1f} at the end (the machine is shared).",
         "",

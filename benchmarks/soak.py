@@ -16,7 +16,7 @@ waiting requests, asyncio tasks beyond the idle baseline (from /health when the 
 exposes them), client connections still open to the sidecar, and environments (directories
 and processes under the sidecar's THUNDER_ENV_ROOT). Zero is expected everywhere.
 
-    .venv/bin/python benchmarks/soak.py [--minutes 20] [--concurrency 40]
+    .venv/bin/python -m benchmarks.soak [--minutes 20] [--concurrency 40]
 
 Writes benchmarks/results/soak.md and benchmarks/results/soak.png.
 """
@@ -249,7 +249,7 @@ def write(args: argparse.Namespace, soak: Soak, samples: list[Any], leftovers: d
     lines = [
         "# Soak: programs starting, failing and ending; then leftovers",
         "",
-        f"Command: `.venv/bin/python benchmarks/soak.py --minutes {args.minutes:g} "
+        f"Command: `.venv/bin/python -m benchmarks.soak --minutes {args.minutes:g} "
         f"--concurrency {args.concurrency}` (sidecar idle timeout {IDLE_TIMEOUT_S:g} s, "
         f"environments {'local provider' if args.environments else 'off'}); "
         f"machine {platform.node()}.",

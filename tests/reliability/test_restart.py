@@ -1,7 +1,7 @@
 """Sidecar restarts: kill -9 and start again on the same state dir; SIGTERM drains.
 
 After a crash, the new sidecar knows every program again (live ones live, with their
-timeline totals, released ones as terminated), reaps the dead sidecar's environments by
+timeline totals and steps, released ones as terminated), reaps the dead sidecar's environments by
 label (zero orphans left) and recreates a restored program's declared environment on its
 next exec. A graceful stop lets an in-flight call finish before the process exits.
 """
@@ -47,6 +47,8 @@ def test_killed_sidecar_restarts_with_its_programs(fast_twin: RunningServer,
             ran = client.post("/programs/with-env/exec", json={"command": "echo before"})
             assert ran.status_code == 200 and "before" in ran.json()["stdout"]
         before = _programs(first.url)
+        steps_before = httpx.get(first.url + "/programs/keep-2", timeout=10).json()["timeline"]
+        assert len(steps_before) == 3
         assert len(_env_dirs(envs)) == 1
     finally:
         first.kill()  # kill -9: no shutdown hook runs, the environment is orphaned
@@ -62,6 +64,9 @@ def test_killed_sidecar_restarts_with_its_programs(fast_twin: RunningServer,
         assert after["keep-2"]["summary"]["steps"] == 3  # type: ignore[index]
         assert after["keep-3"]["status"] == "terminated"
         assert after["keep-3"]["terminated_reason"] == "released"
+        # the per-step timeline came back too, step for step
+        steps_after = httpx.get(second.url + "/programs/keep-2", timeout=10).json()["timeline"]
+        assert steps_after == steps_before
         # the orphaned environment was reaped by label at start-up
         wait_until(lambda: not _env_dirs(envs), timeout=20, what="orphan environment reaped")
         with httpx.Client(base_url=second.url, timeout=30) as client:
@@ -69,7 +74,10 @@ def test_killed_sidecar_restarts_with_its_programs(fast_twin: RunningServer,
             assert ran.status_code == 200 and "after" in ran.json()["stdout"]
             assert client.post("/v1/chat/completions", json=chat_body("keep-2", 70, salt=2)
                                ).status_code == 200
-            assert client.get("/programs/keep-2").json()["summary"]["steps"] == 4
+            again = client.get("/programs/keep-2").json()
+            assert again["summary"]["steps"] == 4
+            assert [step["index"] for step in again["timeline"]] == [0, 1, 2, 3]
+            assert again["timeline"][3]["acting_s"] is not None  # measured from step 2's end
             for name in ("keep-0", "keep-1", "keep-2", "with-env"):
                 assert client.post("/programs/release", json={"program_id": name}
                                    ).status_code == 200

@@ -16,8 +16,9 @@ import pytest
 from tests.sidecar.conftest import STRICT_POLICY, chat_body, wait_until
 from thunder_middleware.launch import RunningServer, start_sidecar
 from thunder_middleware.security import hash_key, new_key
+from thunder_middleware.store import SQLiteProgramStore
 
-ALICE, BOB, CAROL = new_key(), new_key(), new_key()
+ALICE, BOB, CAROL, DAVE = new_key(), new_key(), new_key(), new_key()
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +136,94 @@ def test_tenant_caps_are_429_with_retry_after(guarded: tuple[RunningServer, Path
                                ).status_code == 200
         client.post("/programs/release", json={"program_id": "c3"}, headers=_as(ALICE))
     wait_until(lambda: not any(envs.iterdir()), timeout=20, what="environments reclaimed")
+
+
+def test_registration_with_an_environment_is_capped_and_leaves_nothing(
+        guarded: tuple[RunningServer, Path]) -> None:
+    """POST /programs with an environment passes the same caps as PUT .../environment, the
+    program cap first, and a refusal declares nothing (no program, no environment)."""
+    server, envs = guarded
+
+    def nothing_left(client: httpx.Client, name: str) -> None:
+        assert client.get(f"/programs/{name}").status_code == 404
+        assert client.get(f"/programs/{name}/environment").json()["data"] == []
+        assert name not in {p["program_id"] for p in client.get("/programs").json()["data"]}
+
+    with httpx.Client(base_url=server.url, timeout=30, headers=_as(CAROL)) as client:
+        assert client.post("/programs", json={"program_id": "r1", "environment": {}}
+                           ).status_code == 200
+        over_env = client.post("/programs", json={"program_id": "r2", "environment": {}})
+        assert over_env.status_code == 429, over_env.text
+        assert over_env.json()["error"]["code"] == "too_many_environments"
+        nothing_left(client, "r2")
+        # carol now holds her two programs: the program cap answers, before any environment
+        assert client.post("/v1/chat/completions", json=chat_body("r3", 10)).status_code == 200
+        for refused in (client.post("/programs", json={"program_id": "r4",
+                                                       "preset": "local-shell"}),
+                        client.put("/programs/r4/environment", json={})):
+            assert refused.status_code == 429, refused.text
+            assert refused.json()["error"]["code"] == "too_many_programs"
+            nothing_left(client, "r4")
+        for name in ("r1", "r3"):
+            assert client.post("/programs/release", json={"program_id": name}
+                               ).status_code == 200
+    with httpx.Client(base_url=server.url, timeout=30, headers=_as(ALICE)) as client:
+        # a tool intent for a program with no environment is a 404 that registers nothing
+        intent = client.post("/programs/intent-ghost/tool-intent",
+                             json={"tools": [{"name": "shell"}]})
+        assert intent.status_code == 404, intent.text
+        assert intent.json()["error"]["code"] == "environment_not_declared"
+        nothing_left(client, "intent-ghost")
+    wait_until(lambda: not any(envs.iterdir()), timeout=20, what="environments reclaimed")
+
+
+def test_client_ids_that_look_anonymous_are_ordinary_programs(
+        fast_twin: RunningServer, tmp_path: Path) -> None:
+    """Only calls without any id are anonymous: a client that names its program anon-1 is
+    capped, listed, stored and has its environment reclaimed like any other."""
+    state, envs, config = tmp_path / "state", tmp_path / "envs", tmp_path / "sidecar.toml"
+    config.write_text(f'[[tenants]]\nname = "dave"\nkeys = ["{hash_key(DAVE)}"]\n'
+                      "max_programs = 2\nmax_environments = 1\n")
+    flags = [flag for flag in STRICT_POLICY if flag not in ("--env-provider", "none")]
+    server = start_sidecar([fast_twin.url], extra_args=[
+        *flags, "--config", str(config), "--state-dir", str(state), "--env-provider", "local"],
+        env={"THUNDER_ENV_ROOT": str(envs)})
+    try:
+        with httpx.Client(base_url=server.url, timeout=30, headers=_as(DAVE)) as client:
+            for name in ("anon-1", "anon-2"):
+                answer = client.post("/v1/chat/completions", json=chat_body(name, 10))
+                assert answer.status_code == 200 and answer.headers["x-program-id"] == name
+            for over in (client.post("/v1/chat/completions", json=chat_body("anon-3", 10)),
+                         client.post("/v1/chat/completions", json=chat_body(None, 10),
+                                     headers={"X-Program-Id": "anon-3"}),
+                         client.post("/programs", json={"program_id": "anon-3"})):
+                assert over.status_code == 429, over.text
+                assert over.json()["error"]["code"] == "too_many_programs"
+            # a call with no id at all is still anonymous: uncapped, unlisted, not stored
+            anonymous = client.post("/v1/chat/completions", json=chat_body(None, 10))
+            assert anonymous.status_code == 200
+            assert anonymous.headers["x-program-id"].startswith("anon-")
+            listed = {p["program_id"]: p for p in client.get("/programs").json()["data"]}
+            assert set(listed) == {"anon-1", "anon-2"}
+            assert listed["anon-1"]["status"] != "terminated"
+            stored = SQLiteProgramStore(state)
+            try:
+                assert {r.program_id for r in stored.load()} == {"anon-1", "anon-2"}
+            finally:
+                stored.close()
+            assert client.put("/programs/anon-1/environment", json={}).status_code == 200
+            ran = client.post("/programs/anon-1/exec", json={"command": "pwd"})
+            assert ran.status_code == 200, ran.text
+            workdir = Path(ran.json()["stdout"].strip())
+            assert workdir.is_dir()
+            released = client.post("/programs/release", json={"program_id": "anon-1"})
+            assert released.status_code == 200
+            assert released.json()["reclaim"]["status"] == "done"
+            assert not workdir.exists()
+            assert client.post("/programs/release", json={"program_id": "anon-2"}
+                               ).status_code == 200
+    finally:
+        server.stop()
 
 
 def test_remote_bind_without_keys_is_refused() -> None:

@@ -11,8 +11,10 @@ from thunder_middleware.sidecar.errors import APIError
 from thunder_middleware.sidecar.identity import (
     ANONYMOUS_PREFIX,
     extract_program_id,
+    is_anonymous_key,
     namespaced,
     split_key,
+    validate_program_id,
 )
 from thunder_middleware.sidecar.payload import prepare_request
 from thunder_middleware.sidecar.settings import load_settings
@@ -30,6 +32,20 @@ def test_identity_precedence_body_over_header_over_metadata() -> None:
     anonymous = extract_program_id({}, {})
     assert anonymous.anonymous and anonymous.program_id.startswith(ANONYMOUS_PREFIX)
     assert extract_program_id({}, {}).program_id != anonymous.program_id
+
+
+def test_anonymous_keys_cannot_be_forged_by_a_client_id() -> None:
+    anonymous = extract_program_id({}, {})
+    assert anonymous.program_id.startswith(ANONYMOUS_PREFIX)  # what the caller sees
+    assert is_anonymous_key(namespaced("t", anonymous.internal_id))
+    with pytest.raises(APIError):  # the internal form is no valid client id
+        validate_program_id(anonymous.internal_id, "program_id", 256)
+    for chosen in ("anon-1", anonymous.program_id, ANONYMOUS_PREFIX):
+        for identity in (extract_program_id({"program_id": chosen}, {}),
+                         extract_program_id({}, {"x-program-id": chosen}),
+                         extract_program_id({"metadata": {"program_id": chosen}}, {})):
+            assert not identity.anonymous and identity.internal_id == chosen
+            assert not is_anonymous_key(namespaced("t", identity.internal_id))
 
 
 @pytest.mark.parametrize("bad", [17, "", "x" * 300, "a\nb", ["list"]])

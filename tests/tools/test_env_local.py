@@ -205,3 +205,54 @@ async def test_metrics_follow_the_lifecycle(local_manager: EnvironmentManager) -
                   {"kind": "ports", "reason": "release"}) == 1
     assert sample("thunder_tool_disk_bytes") == 0
     assert sample("thunder_tool_ports_in_use") == 0
+
+
+async def test_program_locks_do_not_outlive_their_programs(
+        local_manager: EnvironmentManager) -> None:
+    """A long soak must not grow the per-program lock table: each lock lives while a task
+    holds or waits for it, and not a moment longer (issue: one lock per reclaim, for ever)."""
+    spec = parse_spec({})
+    for index in range(40):
+        await local_manager.declare(f"t/soak{index}", spec)
+        assert await local_manager.tool_intent(f"t/never{index}", ["shell"]) is None
+        await local_manager.reclaim(f"t/soak{index}", reason="release")
+        await local_manager.reclaim(f"t/never{index}", reason="release")  # had no environment
+    assert local_manager._locks == {}
+    assert not local_manager.live_programs()
+
+    # while contended, every contender of a key queues on one lock, in arrival order
+    order: list[str] = []
+    entry_seen: list[object] = []
+
+    async def hold(name: str, delay: float) -> None:
+        async with local_manager._locked("t/busy"):
+            entry_seen.append(local_manager._locks["t/busy"])
+            order.append(name)
+            await asyncio.sleep(delay)
+
+    first = asyncio.create_task(hold("first", 0.2))
+    await asyncio.sleep(0.05)
+    waiters = [asyncio.create_task(hold(name, 0.0)) for name in ("second", "third")]
+    await asyncio.sleep(0.01)
+    assert local_manager._locks["t/busy"].users == 3
+    await asyncio.gather(first, *waiters)
+    assert order == ["first", "second", "third"]
+    assert len({id(entry) for entry in entry_seen}) == 1
+    assert local_manager._locks == {}
+
+    # a waiter cancelled in the queue gives its place back and leaves no entry behind
+    first = asyncio.create_task(hold("again", 0.1))
+    await asyncio.sleep(0.02)
+    cancelled = asyncio.create_task(hold("cancelled", 0.0))
+    await asyncio.sleep(0.01)
+    cancelled.cancel()
+    await first
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert local_manager._locks == {}
+
+    # a declaration racing a reclaim of the same program is still ordered by the lock
+    declared = asyncio.create_task(local_manager.declare("t/race", spec))
+    reclaimed = asyncio.create_task(local_manager.reclaim("t/race", reason="release"))
+    await asyncio.gather(declared, reclaimed)
+    assert not local_manager.live_programs() and local_manager._locks == {}

@@ -80,8 +80,13 @@ def tenant_admission(caps: TenantCaps, registry: ProgramRegistry,
             raise as_api_error(refused) from refused
 
     def admit_environment(key: str) -> None:
+        """May ``key`` own one more environment? A program that already owns one (a
+        re-declaration replaces it, an exec reuses it) needs no new admission."""
+        owners = list(environment_owners())
+        if key in owners:
+            return
         tenant = split_key(key)[0]
-        owned = sum(1 for owner in environment_owners() if split_key(owner)[0] == tenant)
+        owned = sum(1 for owner in owners if split_key(owner)[0] == tenant)
         try:
             caps.admit_environment(tenant, owned)
         except AccessRefused as refused:

@@ -118,10 +118,12 @@ def create_app(
     link = environment_link if environment_link is not None else environment_link_for(
         settings, runtime, metrics.registry)
     runtime.environments = link.manager if link.enabled else None
-    restored = restore_registry(runtime.registry, runtime.store.load())
+    restored = restore_registry(runtime.registry, runtime.store.load(), runtime.store.load_steps)
     if restored.live or restored.ended:
         log.warning("restored %d live and %d ended programs from the store", restored.live,
                     restored.ended)
+    if restored.skipped:
+        log.error("skipped %d corrupt stored programs (see the errors above)", restored.skipped)
     metrics.attach_state(StateCollector(
         programs=runtime.scheduler.programs,
         backends=lambda: runtime.scheduler.backend_views(runtime.now()),
@@ -136,7 +138,7 @@ def create_app(
         await runtime.start()
         await link.start()
         if link.enabled:
-            await redeclare_environments(link.manager, runtime.registry)
+            await redeclare_environments(link.manager, runtime.registry, link.presets)
         try:
             yield
         finally:

@@ -7,6 +7,7 @@ and the TOML file (see :mod:`thunder_middleware.sidecar.settings`).
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import typer
@@ -133,12 +134,20 @@ def serve(
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from thunder_middleware.store import StoreError
+
+    try:
+        app = create_app(settings)
+    except StoreError as exc:  # e.g. a --state-dir written by a newer version
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
         access_log=False,
         timeout_graceful_shutdown=10,
+        timeout_keep_alive=math.ceil(settings.keep_alive_timeout),
         backlog=4096,
     )

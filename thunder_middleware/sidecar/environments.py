@@ -111,8 +111,9 @@ class EnvironmentLink:
         if self.manager is not None:
             await self.manager.close()
 
-    async def declare(self, key: str, spec: dict[str, Any] | None, preset: str | None) -> Any:
-        """Declare (and start preparing at once) the environment of a registering program."""
+    async def resolve(self, spec: dict[str, Any] | None, preset: str | None) -> Any:
+        """The EnvSpec of a registration's ``environment``/``preset``, checked by the provider
+        (a 400 for a bad one). Declares nothing: a refusal leaves nothing behind."""
         if self.manager is None:
             raise _disabled()
         from thunder_middleware.tools import resolve_spec
@@ -120,7 +121,15 @@ class EnvironmentLink:
         body: dict[str, Any] = dict(spec or {})
         if preset is not None:
             body["preset"] = preset
-        return await self.manager.declare(key, resolve_spec(body, self.presets))
+        resolved = resolve_spec(body, self.presets)
+        await self.manager.validate(resolved)
+        return resolved
+
+    async def declare(self, key: str, spec: Any) -> Any:
+        """Declare (and start preparing at once) an environment :meth:`resolve` returned."""
+        if self.manager is None:
+            raise _disabled()
+        return await self.manager.declare(key, spec, validated=True)
 
 
 def make_hooks(runtime: SchedulerRuntime, max_length: int) -> Any:
@@ -133,9 +142,9 @@ def make_hooks(runtime: SchedulerRuntime, max_length: int) -> Any:
         return namespaced(tenant, validate_program_id(program_id, "program_id", max_length))
 
     async def ensure_program(key: str) -> None:
-        if runtime.admit_environment is not None and runtime.environments is not None \
-                and not runtime.environments.describe(key):
-            runtime.admit_environment(key)
+        # the program cap, then the environment cap (none for a program that already owns
+        # one), then the registration: a 429 leaves nothing behind
+        runtime.admit(key, environment=True)
         if key not in runtime.registry.live:
             runtime.register(key)
 

@@ -4,6 +4,11 @@ Precedence follows the ThunderAgent wire contract: the body field ``program_id``
 OpenAI SDK sends for ``extra_body={"program_id": ...}``), then the ``X-Program-Id`` header,
 then ``metadata.program_id``. A request with none of them is an anonymous single-step
 program: it still counts against capacity while it runs, and is released after its call.
+
+An anonymous program's internal id starts with :data:`ANONYMOUS_MARK`, a control character
+that :func:`validate_program_id` refuses in every client id, so no client can name a program
+that the sidecar treats as anonymous (uncapped, unlisted, never stored). A client id such as
+``anon-1`` is an ordinary named program. Callers see the mark-less form (``anon-<hex>``).
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from typing import Any, Literal
 from thunder_middleware.sidecar.errors import bad_request
 
 PROGRAM_ID_HEADER = "x-program-id"
-ANONYMOUS_PREFIX = "anon-"
+ANONYMOUS_PREFIX = "anon-"  # the caller-visible id of an anonymous call: anon-<hex>
+ANONYMOUS_MARK = "\x00"  # leads anonymous internal ids; client ids cannot hold it
 NAMESPACE_SEPARATOR = "/"
 
 IdentitySource = Literal["body", "header", "metadata", "anonymous"]
@@ -32,6 +38,11 @@ class ProgramIdentity:
     @property
     def anonymous(self) -> bool:
         return self.source == "anonymous"
+
+    @property
+    def internal_id(self) -> str:
+        """The id the sidecar keys the program by (see :func:`namespaced`)."""
+        return ANONYMOUS_MARK + self.program_id if self.anonymous else self.program_id
 
 
 def validate_program_id(value: Any, param: str, max_length: int) -> str:
@@ -78,4 +89,11 @@ def split_key(key: str) -> tuple[str, str]:
 
 
 def is_anonymous_key(key: str) -> bool:
-    return split_key(key)[1].startswith(ANONYMOUS_PREFIX)
+    """True only for keys the sidecar made for calls without a program id: the mark is a
+    character no validated client id can contain."""
+    return split_key(key)[1].startswith(ANONYMOUS_MARK)
+
+
+def public_id(program_id: str) -> str:
+    """The caller-visible form of a (possibly anonymous) internal program id."""
+    return program_id.removeprefix(ANONYMOUS_MARK)

@@ -30,13 +30,21 @@ class StoredProgram:
 
 
 class ProgramStore(Protocol):
-    """Persistence of program records; called synchronously from the event loop."""
+    """Persistence of program records; called synchronously from the event loop.
+
+    Steps are saved apart from the record, one append per LLM call, so that a save stays
+    small however long the program runs and a restarted sidecar still shows each step.
+    """
 
     def save(self, record: StoredProgram) -> None: ...
+
+    def save_step(self, key: str, step: dict[str, Any]) -> None: ...
 
     def delete(self, key: str) -> None: ...
 
     def load(self) -> list[StoredProgram]: ...
+
+    def load_steps(self, key: str) -> list[dict[str, Any]]: ...
 
 
 class InMemoryProgramStore:
@@ -53,8 +61,14 @@ class InMemoryProgramStore:
             return
         self._records[record.key] = record
 
+    def save_step(self, key: str, step: dict[str, Any]) -> None:
+        """Nothing to do: the live timeline holds the steps, and a restart forgets all."""
+
     def delete(self, key: str) -> None:
         self._records.pop(key, None)
 
     def load(self) -> list[StoredProgram]:
         return list(self._records.values())
+
+    def load_steps(self, key: str) -> list[dict[str, Any]]:
+        return []

@@ -115,6 +115,13 @@ class Proxy:
         self.runtime.backend_failed(lease.backend, reason)
         return UpstreamFailed(f"{lease.backend}: {reason}")
 
+    def _aborted(self, lease: Lease, route: str, sent_at: float, *, stream: bool) -> Response:
+        """The client left before the answer: the call ends as aborted, nobody reads a body."""
+        self.runtime.complete(lease, usage=None, outcome="aborted", stream=stream,
+                              first_token_s=None, total_s=time.perf_counter() - sent_at)
+        self.metrics.requests.labels(route=route, outcome="aborted").inc()
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+
     # --- non-streaming -------------------------------------------------------------------
     async def _call(self, request: Request, path: str, lease: Lease, parsed: ParsedRequest,
                     route: str) -> Response:
@@ -123,10 +130,7 @@ class Proxy:
             status, content_type, content = await unless_disconnected(
                 self._post(lease.backend + path, parsed.upstream_body), request.receive)
         except ClientDisconnected:
-            self.runtime.complete(lease, usage=None, outcome="aborted", stream=False,
-                                  first_token_s=None, total_s=time.perf_counter() - sent_at)
-            self.metrics.requests.labels(route=route, outcome="aborted").inc()
-            return Response(status_code=CLIENT_CLOSED_REQUEST)
+            return self._aborted(lease, route, sent_at, stream=False)
         except UPSTREAM_ERRORS as exc:
             raise self._fail(request, lease, repr(exc), sent_at, False) from exc
         upstream_s = time.perf_counter() - sent_at
@@ -179,10 +183,7 @@ class Proxy:
             opened = await unless_disconnected(self._open_stream(path, lease, parsed),
                                                request.receive)
         except ClientDisconnected:
-            self.runtime.complete(lease, usage=None, outcome="aborted", stream=True,
-                                  first_token_s=None, total_s=time.perf_counter() - sent_at)
-            self.metrics.requests.labels(route=route, outcome="aborted").inc()
-            return Response(status_code=CLIENT_CLOSED_REQUEST)
+            return self._aborted(lease, route, sent_at, stream=True)
         except UPSTREAM_ERRORS as exc:
             raise self._fail(request, lease, repr(exc), sent_at, True) from exc
         status = opened.response.status

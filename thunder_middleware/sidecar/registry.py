@@ -11,7 +11,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from thunder_middleware.sidecar.identity import split_key
+from thunder_middleware.sidecar.identity import public_id, split_key
 from thunder_middleware.sidecar.timeline import ProgramTimeline
 
 ENDED_KEPT = 1000
@@ -54,7 +54,7 @@ class ProgramRegistry:
         if program is None:
             self.ended.pop(key, None)
             tenant, program_id = split_key(key)
-            program = TrackedProgram(key, tenant, program_id, anonymous, now, now)
+            program = TrackedProgram(key, tenant, public_id(program_id), anonymous, now, now)
             self.live[key] = program
         return program
 

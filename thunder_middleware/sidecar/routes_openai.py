@@ -32,7 +32,7 @@ async def _complete(request: Request, tenant: str, route: Route, path: str) -> R
     parsed = prepare_request(await request.body(), route,
                              strip_program_id=settings.strip_program_id)
     identity = extract_program_id(parsed.body, request.headers, settings.max_program_id_length)
-    response = await proxy.forward(request, path, namespaced(tenant, identity.program_id),
+    response = await proxy.forward(request, path, namespaced(tenant, identity.internal_id),
                                    parsed, route)
     response.headers["x-program-id"] = identity.program_id
     return response

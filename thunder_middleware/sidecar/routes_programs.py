@@ -88,10 +88,23 @@ async def register_program(body: RegisterProgram, request: Request,
     if wants_environment and runtime.environments is None:
         raise APIError(501, "no environment provider is configured (--env-provider none)",
                        param="environment", code="environments_disabled")
+    link = request.app.state.environment_link
+    resolved = None
     if wants_environment:  # validate the spec before the program exists: a 400 leaks nothing
-        await request.app.state.environment_link.declare(key, body.environment, body.preset)
+        resolved = await link.resolve(body.environment, body.preset)
+    # the program cap, then the environment cap, before anything exists: a 429 leaks nothing
+    # (no await from here to the declaration's record, so no other admission comes between)
+    runtime.admit(key, environment=wants_environment)
+    fresh = key not in runtime.registry.live
     spec = body.environment if body.environment is not None else {"preset": body.preset}
     program = runtime.register(key, spec if wants_environment else None)
+    if resolved is not None:
+        try:
+            await link.declare(key, resolved)
+        except BaseException:
+            if fresh:
+                runtime.forget(key)
+            raise
     return describe(runtime, program, timeline=False)
 
 

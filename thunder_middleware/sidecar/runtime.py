@@ -140,9 +140,18 @@ class SchedulerRuntime:
         return task
 
     # --- request path -------------------------------------------------------------------
-    def ensure_program(self, key: str) -> TrackedProgram:
-        if self.admit_program is not None and key not in self.registry.live:
+    def admit(self, key: str, *, environment: bool = False) -> None:
+        """Raise APIError(429) unless ``key`` may be a live program (and, with
+        ``environment``, own an environment): the program cap first, then the environment
+        cap. Creates nothing, so a refusal leaves nothing behind."""
+        if self.admit_program is not None and key not in self.registry.live \
+                and not is_anonymous_key(key):
             self.admit_program(key)
+        if environment and self.admit_environment is not None:
+            self.admit_environment(key)
+
+    def ensure_program(self, key: str) -> TrackedProgram:
+        self.admit(key)
         program = self.registry.ensure(key, is_anonymous_key(key), time.time())
         program.last_activity = time.time()
         return program
@@ -169,11 +178,10 @@ class SchedulerRuntime:
         except BaseException:
             if not future.done() and key in self.registry.live:
                 self.apply(self.scheduler.on_request_abandoned(key, self.now()))
-                program.timeline.add(StepRecord(
+                self._add_step(program, StepRecord(
                     index=program.timeline.next_index(), arrival=arrival_wall,
                     queue_wait_s=time.perf_counter() - arrival, backend=None,
                     outcome="abandoned", stream=False))
-                self._save(program)
             elif future.done() and not future.cancelled() and future.exception() is None:
                 # let through at the very moment the client left: the call never happened
                 self.apply(self.scheduler.on_request_done(key, self.now(), None, None))
@@ -214,7 +222,7 @@ class SchedulerRuntime:
         decode_s = None
         if first_token_s is not None and total_s is not None:
             decode_s = max(0.0, total_s - first_token_s)
-        program.timeline.add(StepRecord(
+        self._add_step(program, StepRecord(
             index=program.timeline.next_index(), arrival=lease.arrival_wall,
             queue_wait_s=lease.queue_wait_s, backend=lease.backend, outcome=outcome,
             stream=stream, prefill_s=first_token_s if stream else total_s, decode_s=decode_s,
@@ -224,7 +232,6 @@ class SchedulerRuntime:
             completion_tokens=usage.completion_tokens if usage else None,
             retried=lease.retried,
         ))
-        self._save(program)
         if program.anonymous:
             self.release(lease.key, reason="completed")
 
@@ -241,6 +248,16 @@ class SchedulerRuntime:
             program.environment_spec = environment_spec
         self._save(program)
         return program
+
+    def forget(self, key: str) -> None:
+        """Undo a registration whose next step failed: no live, ended or stored trace.
+        A program that a request has meanwhile joined is kept (it is in use)."""
+        program = self.registry.live.get(key)
+        if program is None or self.scheduler.program(key) is not None \
+                or self.gates.is_waiting(key) or key in self._tools_running:
+            return
+        del self.registry.live[key]
+        self.store.delete(key)
 
     def release(self, key: str, *, reason: str = "released") -> TrackedProgram:
         program = self.registry.live.get(key)
@@ -420,6 +437,13 @@ class SchedulerRuntime:
                 self._terminate(key, "expired")
 
     # --- persistence --------------------------------------------------------------------
+    def _add_step(self, program: TrackedProgram, step: StepRecord) -> None:
+        """Record a step on the timeline and in the store (the step, then the new totals)."""
+        program.timeline.add(step)
+        if not program.anonymous:
+            self.store.save_step(program.key, step.as_dict())
+        self._save(program)
+
     def _save(self, program: TrackedProgram) -> None:
         if program.anonymous:
             return

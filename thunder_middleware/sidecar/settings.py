@@ -52,6 +52,10 @@ class SidecarSettings(BaseSettings):
     request_timeout: float = Field(600.0, gt=0)
     connect_timeout: float = Field(5.0, gt=0)
     max_connections: int = Field(2048, ge=16)
+    # Longer than any client's idle expiry (httpx 5 s, aiohttp 15 s), so the client always
+    # closes an idle connection first: a server closing it just as a loaded client reuses it
+    # is what turns into a client-side ReadError with no request ever seen.
+    keep_alive_timeout: float = Field(75.0, gt=0, description="s an idle connection stays open")
     strip_program_id: bool = False
     prep_ahead: int = Field(4, ge=0, description="paused programs whose environment is readied")
     max_program_id_length: int = Field(256, ge=8)

@@ -1,5 +1,5 @@
 """Persistence of the program registry and environment ownership (SQLite, WAL mode)."""
 
-from thunder_middleware.store.sqlite import SQLiteProgramStore
+from thunder_middleware.store.sqlite import SQLiteProgramStore, StoreError
 
-__all__ = ["SQLiteProgramStore"]
+__all__ = ["SQLiteProgramStore", "StoreError"]

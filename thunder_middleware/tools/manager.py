@@ -17,7 +17,8 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 
@@ -56,6 +57,14 @@ log = logging.getLogger(__name__)
 FINAL_REASONS = frozenset({"release", "terminated", "close"})
 
 
+@dataclass(slots=True)
+class _KeyLock:
+    """A program's lock and how many tasks hold it or wait for it."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
 class EnvironmentManager:
     def __init__(
         self,
@@ -79,7 +88,7 @@ class EnvironmentManager:
         self.metrics = ToolMetrics(self.counts_by_state, registry)
         self._current: dict[str, EnvironmentRecord] = {}
         self._history: OrderedDict[str, EnvironmentRecord] = OrderedDict()
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, _KeyLock] = {}  # only while someone holds or waits
         self._live_slots = asyncio.Semaphore(self.config.max_live)
         self._create_slots = asyncio.Semaphore(self.config.prepare_concurrency)
         self._ids = itertools.count(1)
@@ -109,8 +118,45 @@ class EnvironmentManager:
         await self.provider.close()
 
     # ---------------------------------------------------------------- declaring
-    def _lock(self, program_key: str) -> asyncio.Lock:
-        return self._locks.setdefault(program_key, asyncio.Lock())
+    @contextlib.asynccontextmanager
+    async def _locked(self, program_key: str) -> AsyncIterator[None]:
+        """Hold the program's lock. The entry lives while a task holds or waits for it, so
+        every contender of a key queues on the same lock (FIFO) and no entry outlives its
+        last user: the table stays as small as the work in flight, whatever the history."""
+        entry = self._locks.get(program_key)
+        if entry is None:
+            entry = self._locks[program_key] = _KeyLock()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0 and self._locks.get(program_key) is entry:
+                del self._locks[program_key]
+
+    async def validate(self, spec: EnvSpec) -> None:
+        """Raise InvalidSpec/UnknownImage (400) for a spec the provider cannot run."""
+        await self.provider.validate(spec)
+
+    def has_environment(self, program_key: str) -> bool:
+        """Whether an exec or tool intent of ``program_key`` would find (or re-create) an
+        environment: a current one, one reclaimed for a non-final reason, or the default."""
+        if program_key in self._current:
+            return True
+        old = self._history.get(program_key)
+        if old is not None:
+            return old.reclaim_reason not in FINAL_REASONS
+        return self.default_spec is not None
+
+    def exec_arguments(self, command: list[str] | str,
+                       timeout_s: float | None) -> tuple[list[str], float]:
+        """(argv, timeout) of an exec, or InvalidSpec (400) before anything happens."""
+        timeout = self.config.exec_timeout(timeout_s)
+        argv = command_argv(command)
+        if not argv or not argv[0]:
+            raise InvalidSpec("command must not be empty", param="command")
+        return argv, timeout
 
     def _new_record(self, program_key: str, spec: EnvSpec) -> EnvironmentRecord:
         env_id = f"{os.getpid():x}-{next(self._ids):x}-{int(time.time() * 1000) % 10**8:x}"
@@ -120,13 +166,18 @@ class EnvironmentManager:
         self._history.pop(program_key, None)
         return record
 
-    async def declare(self, program_key: str, spec: EnvSpec, *, prepare: bool = True) -> EnvHandle:
+    async def declare(self, program_key: str, spec: EnvSpec, *, prepare: bool = True,
+                      validated: bool = False) -> EnvHandle:
         """Record the program's environment (validated now: bad specs are a 400, not a leak).
 
         Re-declaring the same spec is a no-op; a different spec replaces the old environment.
+        ``validated``: the caller already ran :meth:`validate`, so unless the program's lock
+        is contended the record exists before this coroutine first yields (an admission
+        checked just before cannot be overtaken).
         """
-        await self.provider.validate(spec)
-        async with self._lock(program_key):
+        if not validated:
+            await self.provider.validate(spec)
+        async with self._locked(program_key):
             record = self._current.get(program_key)
             if record is not None and record.spec != spec:
                 await self._reclaim_record(record, "redeclared")
@@ -154,7 +205,7 @@ class EnvironmentManager:
     async def _usable_record(self, program_key: str, *, required: bool) -> EnvironmentRecord | None:
         """The current record, re-created after an idle reclaim or a failure, or from the
         default spec; 409 for a released program, 404 (if required) when there is none."""
-        async with self._lock(program_key):
+        async with self._locked(program_key):
             record = self._current.get(program_key)
             if record is None:
                 old = self._history.get(program_key)
@@ -249,10 +300,7 @@ class EnvironmentManager:
         env: dict[str, str] | None = None,
     ) -> ExecResult:
         """Run a command in the program's environment, waiting for it to be ready first."""
-        timeout = self.config.exec_timeout(timeout_s)
-        argv = command_argv(command)
-        if not argv or not argv[0]:
-            raise InvalidSpec("command must not be empty", param="command")
+        argv, timeout = self.exec_arguments(command, timeout_s)
         record = await self._usable_record(program_key, required=True)
         assert record is not None
         record.touch()
@@ -300,7 +348,7 @@ class EnvironmentManager:
     # ---------------------------------------------------------------- reclaiming
     async def reclaim(self, program_key: str, reason: str = "release") -> ReclaimReport:
         """Remove everything the program's environment holds, now. Idempotent."""
-        async with self._lock(program_key):
+        async with self._locked(program_key):
             record = self._current.get(program_key)
             report = ReclaimReport(program_id=program_key, reason=reason)
             if record is None:
@@ -330,9 +378,7 @@ class EnvironmentManager:
         self._current.pop(record.owner, None)
         self._history[record.owner] = record
         while len(self._history) > self.config.history:
-            forgotten, _ = self._history.popitem(last=False)
-            if forgotten not in self._current:
-                self._locks.pop(forgotten, None)
+            self._history.popitem(last=False)
         return counts, ports
 
     async def _destroy(self, record: EnvironmentRecord, reason: str) -> tuple[ReclaimedCounts, int]:

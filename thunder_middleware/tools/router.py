@@ -32,7 +32,9 @@ from thunder_middleware.tools.specs import EnvSpec, default_presets, resolve_spe
 class EnvironmentHooks:
     program_key: Callable[[Request, str], Awaitable[str]]  # raises HTTPException itself
     program_status: Callable[[str], str | None]  # "live" | "terminated" | None (unknown)
-    ensure_program: Callable[[str], Awaitable[None]]  # register a program on first sight
+    # register a program on first sight, admitted (caps) to own an environment; it runs only
+    # once the request is known to succeed, so an error answer registers nothing
+    ensure_program: Callable[[str], Awaitable[None]]
     record_tool_time: Callable[[str, float, float], None]  # (key, started_at, duration_s)
     # an exec began (its end is record_tool_time): lets the owner see a long tool as activity
     tool_started: Callable[[str], None] | None = None
@@ -105,8 +107,9 @@ def environment_router(
         try:
             key = await live_key(request, program_id)
             spec = resolve_spec(await _json_body(request), known_presets)
+            await manager.validate(spec)  # a 400 before the program is registered
             await hooks.ensure_program(key)
-            handle = await manager.declare(key, spec)
+            handle = await manager.declare(key, spec, validated=True)
             return JSONResponse(public(handle, program_id))
         except ToolEnvironmentError as exc:
             return error_response(exc)
@@ -128,7 +131,8 @@ def environment_router(
         try:
             key = await live_key(request, program_id)
             intent = _model(ToolIntentRequest, await _json_body(request))
-            await hooks.ensure_program(key)
+            if manager.has_environment(key):  # a 404 (or 409) intent registers nothing
+                await hooks.ensure_program(key)
             handle = await manager.tool_intent(key, [tool.name for tool in intent.tools])
             if handle is None:
                 raise NoEnvironment(f"program {program_id!r} has no environment declared")
@@ -141,8 +145,9 @@ def environment_router(
         try:
             key = await live_key(request, program_id)
             body = _model(ExecRequest, await _json_body(request))
-            if manager.describe(key) or manager.default_spec is not None:
-                await hooks.ensure_program(key)  # no registration by a 404 exec
+            manager.exec_arguments(body.command, body.timeout_s)  # a 400 registers nothing
+            if manager.has_environment(key):
+                await hooks.ensure_program(key)  # no registration by a 404 or 409 exec
             started_at, started = time.time(), time.monotonic()
             if hooks.tool_started is not None:
                 hooks.tool_started(key)
