@@ -1,9 +1,11 @@
 """Every benchmark figure in one command (``make bench``).
 
-Runs, in order: the twin's thrashing curve, the policy sweeps (virtual time), and the
-harness-agreement check (live servers on loopback ports, about two minutes). Other
-benchmark scripts in this folder (the twin's own cost, vLLM replay) are run by their owners'
-make targets. Results land in ``benchmarks/results/``.
+Runs, in order: the twin's thrashing curve, the policy sweeps (virtual time), then the live
+ones on loopback ports: the harness-agreement check (about one minute), environment
+preparation hidden behind reasoning and disk in use with and without lifecycle collection
+(local provider, a few minutes each). The load, soak, latency and tick scripts measure the
+machine they run on and are run one at a time on a quiet machine (benchmarks/README.md);
+real vLLM against the twin is ``make vllm-check``. Results land in ``benchmarks/results/``.
 
     .venv/bin/python -m benchmarks.run_all [--skip-live]
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks import harness_agreement, sweeps, twin_thrashing
+from benchmarks import disk_gc, env_prep, harness_agreement, sweeps, twin_thrashing
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,6 +27,8 @@ def main(argv: list[str] | None = None) -> None:
     sweeps.main([])
     if not args.skip_live:
         harness_agreement.main([])
+        env_prep.main([])
+        disk_gc.main([])
     print(f"all benchmarks done in {time.monotonic() - started:.0f} s (wall)")
 
 

@@ -33,6 +33,8 @@ CONCURRENCY = (24, 48, 72, 96, 128)
 MULTI_REPLICA_POLICIES = (
     "vllm", "round-robin", "least-loaded", "session-affinity", "thunder", "ceiling",
 )
+# the single-point sweeps also show the cache-first setting of the same scheduler
+POINT_POLICIES = (*SINGLE_REPLICA_POLICIES, "thunder-cache-first")
 SWEEPS = ("headline", "small", "router", "openhands", "grid")
 
 
@@ -75,7 +77,7 @@ def single_point(name: str, workload: str, concurrency: Sequence[int], steps: in
         extra = (f"Programs replayed from the trace `{trace.name}` ({replayed.workload}, "
                  f"seed {replayed.seed}, {len(replayed.programs)} programs). ")
     specs = [RunSpec(workload, p, n, 1, steps, trace=trace) for n in concurrency
-             for p in SINGLE_REPLICA_POLICIES]
+             for p in POINT_POLICIES]
     results = run_many(specs)
     print_table(title, results)
     summary = ratios(results)

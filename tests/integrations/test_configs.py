@@ -60,7 +60,31 @@ def test_compose_starts_replicas_on_gpus_and_the_sidecar_in_front() -> None:
         assert devices[0]["capabilities"] == ["gpu"]
     command = services["sidecar"]["command"]
     backends = [command[i + 1] for i, arg in enumerate(command) if arg == "--backend"]
-    assert backends == [f"http://{name}:8000" for name in replicas]
+    # the sidecar is on the host network: it reaches each replica on its loopback port
+    published = [services[name]["ports"][0].split(":") for name in replicas]
+    assert all(host == "127.0.0.1" and inner == "8000" for host, _, inner in published)
+    assert backends == [f"http://127.0.0.1:{port}" for _, port, _ in published]
+
+
+def test_compose_sidecar_shares_the_hosts_network_pids_and_name() -> None:
+    """--env-provider docker inside a container: tool containers publish on the host's
+    127.0.0.1 (readiness probes, endpoints), and instance ids (host:pid:start) must stay
+    meaningful when the sidecar container is recreated, or its orphans are never reaped."""
+    compose = yaml.safe_load((ROOT / "compose" / "docker-compose.yml").read_text())
+    sidecar = compose["services"]["sidecar"]
+    command = sidecar["command"]
+    assert command[command.index("--env-provider") + 1] == "docker"
+    assert sidecar["network_mode"] == "host"
+    assert sidecar["pid"] == "host"
+    assert sidecar["uts"] == "host"  # a stable hostname: the host's own
+    assert "ports" not in sidecar  # meaningless on the host network
+    assert "/var/run/docker.sock:/var/run/docker.sock" in sidecar["volumes"]
+    assert sidecar["environment"]["DOCKER_HOST"] == "unix:///var/run/docker.sock"
+    # 0.0.0.0 without keys is refused at start-up: keys are required, not optional
+    assert command[command.index("--host") + 1] == "0.0.0.0"
+    assert sidecar["environment"]["THUNDER_API_KEYS"].startswith("${THUNDER_API_KEYS:?")
+    # Prometheus (bridge network) still finds its sidecar:9000 target on the host
+    assert "sidecar:host-gateway" in compose["services"]["prometheus"]["extra_hosts"]
 
 
 def test_litellm_config_loads_the_callback_module_next_to_it() -> None:

@@ -224,3 +224,58 @@ async def test_no_tool_call_no_environment(stack: Stack, program_id: str) -> Non
     without_live_environment(stack, program_id)
     await litellm.acompletion(**request(stack, program_id, task(program_id), tool_choice="none"))
     assert not live_environments(stack, program_id)
+
+
+# --- release when the workflow ends, an exception included ------------------------------
+class AgentCrashed(Exception):
+    """What an agent loop raises midway (a tool blew up, a parser failed...)."""
+
+
+def assert_released(stack: Stack, program_id: str, steps: int) -> None:
+    seen = stack.program(program_id)
+    assert (seen["status"], seen["terminated_reason"]) == ("terminated", "released"), seen
+    assert seen["summary"]["steps"] == steps
+
+
+async def test_a_loop_that_raises_inside_releasing_is_released(stack: Stack,
+                                                               program_id: str) -> None:
+    """The callback cannot know when a workflow ends: the documented way is the client's
+    ``releasing()``, which releases on the way out of an exception too."""
+    messages, calls = task(program_id), 0
+    with pytest.raises(AgentCrashed), stack.client.releasing(program_id):
+        while True:
+            response = await litellm.acompletion(**request(stack, program_id, messages))
+            calls += 1
+            assert stack.program(program_id)["status"] != "terminated"
+            if calls == 2:
+                raise AgentCrashed("the test runner crashed")
+            continue_with_tools(messages, response)
+    assert_released(stack, program_id, steps=2)
+
+
+async def test_callback_program_block_releases_when_the_loop_raises(
+        stack: Stack, callback: ThunderLiteLLMCallback, program_id: str) -> None:
+    with pytest.raises(AgentCrashed):
+        async with callback.program(program_id) as metadata:
+            assert metadata == {"program_id": program_id}
+            await litellm.acompletion(**request(stack, program_id, task(program_id),
+                                                metadata=metadata))
+            raise AgentCrashed("midway")
+    assert_released(stack, program_id, steps=1)
+
+
+async def test_callback_program_block_releases_the_namespaced_id(
+        stack: Stack, program_id: str) -> None:
+    """With a namespace the sidecar knows the program as ``namespace:id``, and that is the
+    one released; a block that made no call releases nothing and raises nothing."""
+    namespaced = ThunderLiteLLMCallback(namespace="worker-7")
+    litellm.callbacks = [namespaced]  # the autouse fixture restores the list afterwards
+    async with namespaced.program(program_id) as metadata:
+        await litellm.acompletion(**request(stack, program_id, task(program_id),
+                                            metadata=metadata))
+        assert stack.program(f"worker-7:{program_id}")["status"] != "terminated"
+    assert_released(stack, f"worker-7:{program_id}", steps=1)
+    assert program_id not in stack.program_ids()
+    async with namespaced.program("never-called"):
+        pass
+    assert "worker-7:never-called" not in stack.program_ids()

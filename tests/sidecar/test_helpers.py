@@ -172,6 +172,19 @@ def test_settings_flags_over_environment_over_toml(tmp_path, monkeypatch) -> Non
         load_settings(lambda_min=2.0, lambda_max=1.0)
 
 
+def test_every_policy_setting_reaches_the_policy() -> None:
+    from thunder_middleware.sidecar.app import policy_config
+
+    settings = load_settings(check_interval=2.0, decay_base=1.5, tool_halflives=8.0,
+                             lambda_max=0.95, lambda_min=0.8, idle_timeout=99.0,
+                             starvation_bound=120.0, cost_aware=False)
+    config = policy_config(settings)
+    assert (config.tick_interval_s, config.decay_base, config.decay_tool_halflives) == (
+        2.0, 1.5, 8.0)
+    assert (config.lambda_max, config.lambda_min, config.idle_timeout_s) == (0.95, 0.8, 99.0)
+    assert (config.starvation_bound_s, config.cost_aware) == (120.0, False)
+
+
 @pytest.mark.parametrize(
     ("prompt", "hint"),
     [

@@ -5,10 +5,13 @@ Tolerances: total cached tokens within 5 %, the project's agreement goal (issue 
 75 % of requests exactly equal; a mean difference of at most one block per request. Why so
 loose per request: on the 16-program trace vLLM agrees with *itself* on about 98.6 % of
 requests (timing inside a wave moves a decode block allocation before or after a later
-arrival's lookup), and the twin's known deviation (freed never-full blocks go to the tail of
-the free queue, where vLLM 0.32 puts them at the front) costs a few requests one to three
-blocks each; on 28 requests one differing request is 3.6 %. Measured: 4 of 28 differ, mean
-0.3 block, total -0.4 %. A twin with 6 % fewer blocks than vLLM fails (-6.1 %, mean 4.3).
+arrival's lookup), and on 28 requests one differing request is 3.6 %. The twin's block pool
+now frees never-full blocks to the front of the free queue as vLLM 0.32 does (it once put
+them at the tail, which cost a few requests one to three blocks each); on the 16-program
+trace the twin is within 0.07 % of vLLM (benchmarks/results/vllm_vs_twin.md). A twin with
+6 % fewer blocks than vLLM fails this test (-6.1 %, mean 4.3 blocks). The trace is built
+to stay below preemption: preemption order is compared in the twin's own unit tests, not
+against vLLM.
 """
 
 from __future__ import annotations

@@ -19,6 +19,11 @@ Insert with ``litellm.callbacks = [ThunderLiteLLMCallback()]`` and pass
 
 The control API is found from the ``sidecar_url`` argument, else ``THUNDER_SIDECAR_URL``,
 else each call's ``api_base`` (the model is served by the sidecar's ``/v1``).
+
+A callback cannot tell when a workflow ends, so releasing is the caller's job: wrap the
+agent loop in ``async with callback.program(pid) as metadata:`` (below) or in a client's
+``releasing(pid)``; either releases the program however the block ends, an exception
+included. Without either, the sidecar's idle timeout reclaims it eventually.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 import litellm
@@ -131,6 +137,8 @@ class ThunderLiteLLMCallback(CustomLogger):
         self.default_program_id = program_id
         self.namespace = namespace
         self.send_tool_intent = send_tool_intent
+        # programs inside program(): the sidecar their calls went to (None until a call)
+        self._open: dict[str, str | None] = {}
 
     def program_id_for(self, kwargs: Mapping[str, Any]) -> str | None:
         extra = kwargs.get("extra_body")
@@ -145,7 +153,48 @@ class ThunderLiteLLMCallback(CustomLogger):
         self, kwargs: dict[str, Any], call_type: Any
     ) -> dict[str, Any] | None:
         program_id = self.program_id_for(kwargs)
+        if program_id in self._open and self._open[program_id] is None:
+            self._open[program_id] = sidecar_of_call(kwargs)
         return tag_kwargs(kwargs, program_id) if program_id else None
+
+    def _full_id(self, program_id: str) -> str:
+        return f"{self.namespace}:{program_id}" if self.namespace else program_id
+
+    @asynccontextmanager
+    async def program(self, program_id: str) -> AsyncIterator[dict[str, str]]:
+        """One agent workflow as one program; released however the block ends.
+
+        Yields the ``metadata`` to pass to each call of the loop::
+
+            async with callback.program("task-42") as metadata:
+                while ...:
+                    await litellm.acompletion(..., metadata=metadata)
+
+        On exit (normal, exception or cancellation) the program is released on the sidecar
+        its calls went to (``sidecar_url`` or ``THUNDER_SIDECAR_URL`` if given, else the
+        calls' ``api_base``), so its memory and tool environment are freed at once. Release
+        is best effort: a failure is logged, never raised over the block's own outcome (the
+        idle timeout is the backstop). A block that made no call has nothing to release.
+        """
+        full_id = self._full_id(program_id)
+        self._open.setdefault(full_id, None)
+        try:
+            yield {PROGRAM_ID_FIELD: program_id}
+        finally:
+            await self._release(full_id, self._open.pop(full_id, None))
+
+    async def _release(self, full_id: str, sidecar: str | None) -> None:
+        if self.sidecar_url:
+            client = self.client
+        elif sidecar is not None:
+            client = self.client_for({"api_base": sidecar})
+        else:
+            log.debug("program %s made no call: nothing to release", full_id)
+            return
+        try:
+            await client.release(full_id)
+        except Exception as exc:
+            log.warning("release of program %s failed: %r", full_id, exc)
 
     def client_for(self, kwargs: Mapping[str, Any]) -> AsyncThunderClient:
         base = sidecar_of_call(kwargs)

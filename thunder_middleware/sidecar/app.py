@@ -70,6 +70,7 @@ def policy_config(settings: SidecarSettings) -> PolicyConfig:
     return PolicyConfig(
         tick_interval_s=settings.check_interval,
         decay_base=settings.decay_base,
+        decay_tool_halflives=settings.tool_halflives,
         lambda_min=settings.lambda_min,
         lambda_max=settings.lambda_max,
         starvation_bound_s=settings.starvation_bound,

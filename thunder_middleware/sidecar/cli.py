@@ -29,6 +29,9 @@ def serve(
     ),
     check_interval: float = typer.Option(None, help="Policy check period, seconds (default 5)."),
     decay_base: float = typer.Option(None, help="x of the acting decay f(t)=x^-t (default 2)."),
+    tool_halflives: float = typer.Option(
+        None, help="Cost-aware decay half-life in mean tool times (default 1.5; 8 with "
+        "--lambda-min 0.8 keeps caches longer: see benchmarks/README.md)."),
     lambda_max: float = typer.Option(
         None, help="High watermark, fraction of capacity (default 1.0)."
     ),
@@ -54,6 +57,29 @@ def serve(
         help="TOML file of [presets.<name>] environment specs, merged over the bundled ones."),
     release_timeout: float = typer.Option(
         None, help="Seconds a release waits for its environment reclaim (default 10)."),
+    prep_ahead: int = typer.Option(
+        None, help="Paused programs, next in restore order, whose environment is readied "
+        "ahead (default 4; 0 = none)."),
+    max_environments: int = typer.Option(
+        None, help="Live tool environments at once; more wait in a queue (default 64)."),
+    env_create_concurrency: int = typer.Option(
+        None, help="Environment creations in flight towards the engine (default 8)."),
+    env_create_attempts: int = typer.Option(
+        None, help="Tries per environment creation on engine errors (default 3)."),
+    env_port_range: str = typer.Option(
+        None, help="Host ports lent to environments, LOW-HIGH (default 20000-29999)."),
+    env_idle_timeout: float = typer.Option(
+        None, help="Reclaim an environment unused this long, s; 0 = never (default 900)."),
+    env_ready_timeout: float = typer.Option(
+        None, help="Longest an exec waits for its environment to be ready, s (default 600)."),
+    env_exec_timeout: float = typer.Option(
+        None, help="Timeout of an exec that names none, s (default 60)."),
+    env_max_exec_timeout: float = typer.Option(
+        None, help="Largest exec timeout a caller may ask for, s (default 3600)."),
+    env_output_limit: int = typer.Option(
+        None, help="Bytes of stdout and of stderr kept per exec (default 65536)."),
+    k8s_namespace: str = typer.Option(
+        None, help="Namespace of the kubernetes environment provider (default 'default')."),
     metrics_interval: float = typer.Option(None, help="Backend scrape period, s (default 1)."),
     cost_aware: bool = typer.Option(
         None, "--cost-aware/--no-cost-aware", help="Pause only when it pays off (default on)."
@@ -88,6 +114,7 @@ def serve(
             port=port,
             check_interval=check_interval,
             decay_base=decay_base,
+            tool_halflives=tool_halflives,
             lambda_max=lambda_max,
             lambda_min=lambda_min,
             idle_timeout=idle_timeout,
@@ -98,6 +125,17 @@ def serve(
             env_provider=provider,
             env_presets=env_presets,
             release_timeout=release_timeout,
+            prep_ahead=prep_ahead,
+            max_environments=max_environments,
+            env_create_concurrency=env_create_concurrency,
+            env_create_attempts=env_create_attempts,
+            env_port_range=env_port_range,
+            env_idle_timeout=env_idle_timeout,
+            env_ready_timeout=env_ready_timeout,
+            env_exec_timeout=env_exec_timeout,
+            env_max_exec_timeout=env_max_exec_timeout,
+            env_output_limit=env_output_limit,
+            k8s_namespace=k8s_namespace,
             metrics_interval=metrics_interval,
             cost_aware=cost_aware,
             strip_program_id=strip_program_id,
@@ -134,11 +172,12 @@ def serve(
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from thunder_middleware.sidecar.environments import ProviderUnavailable
     from thunder_middleware.store import StoreError
 
     try:
         app = create_app(settings)
-    except StoreError as exc:  # e.g. a --state-dir written by a newer version
+    except (StoreError, ProviderUnavailable) as exc:  # a newer --state-dir, no engine
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from exc
     uvicorn.run(

@@ -189,6 +189,34 @@ def load_env_presets(path: Path | None) -> dict[str, Any]:
     return presets | extra
 
 
+def manager_config(settings: SidecarSettings) -> Any:
+    """The environment manager's knobs (``ManagerConfig``) from the sidecar's settings."""
+    from thunder_middleware.tools import ManagerConfig
+
+    return ManagerConfig(
+        max_live=settings.max_environments,
+        prepare_concurrency=settings.env_create_concurrency,
+        create_attempts=settings.env_create_attempts,
+        idle_timeout_s=settings.env_idle_timeout or None,
+        ready_wait_timeout_s=settings.env_ready_timeout,
+        default_exec_timeout_s=settings.env_exec_timeout,
+        max_exec_timeout_s=settings.env_max_exec_timeout,
+        output_limit=settings.env_output_limit,
+        port_range=settings.env_port_range,
+    )
+
+
+def provider_options(settings: SidecarSettings) -> dict[str, Any]:
+    """Keyword arguments of ``make_provider(settings.env_provider, ...)``."""
+    if settings.env_provider == "kubernetes":
+        return {"namespace": settings.k8s_namespace}
+    return {}
+
+
+class ProviderUnavailable(RuntimeError):
+    """The configured environment provider cannot be reached (no engine, no cluster)."""
+
+
 def environment_link_for(settings: SidecarSettings, runtime: SchedulerRuntime,
                          registry: CollectorRegistry | None = None) -> EnvironmentLink:
     """Build the manager for ``settings.env_provider``; disabled when it is 'none'."""
@@ -196,8 +224,16 @@ def environment_link_for(settings: SidecarSettings, runtime: SchedulerRuntime,
         return EnvironmentLink()
     from thunder_middleware.tools import EnvironmentManager, make_provider
 
+    try:
+        provider = make_provider(settings.env_provider, **provider_options(settings))
+    except Exception as exc:  # the SDKs raise their own types for "nothing to talk to"
+        raise ProviderUnavailable(
+            f"--env-provider {settings.env_provider}: cannot reach it ({exc}); start the "
+            "engine (make engine), set DOCKER_HOST / KUBECONFIG, or use --env-provider local "
+            "or none") from exc
     manager = EnvironmentManager(
-        make_provider(settings.env_provider),
+        provider,
+        manager_config(settings),
         registry=registry,
         program_status=runtime.program_status,
         exec_path=lambda key: f"/programs/{split_key(key)[1]}/exec",

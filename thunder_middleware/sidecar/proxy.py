@@ -1,10 +1,23 @@
 """Forwarding OpenAI calls to the backend the policy chose, and reporting how they went.
 
 Every call ends in exactly one ``runtime.complete`` (usage None when it failed or was
-aborted), so no program is ever left reasoning forever. A call that fails before any byte
-reached the client (connection refused, timeout, 5xx) marks its backend down and goes back
-through the gate once: the policy places it on a healthy replica (a migration). A stream
-that breaks after bytes were sent ends with an SSE error event and ``[DONE]``.
+aborted), so no program is ever left reasoning forever.
+
+Backend faults and request errors are told apart, so that one bad request cannot flush a
+healthy replica and evacuate all its programs:
+
+- a *backend fault* (connection refused or reset, a timeout, HTTP 502/503/504, any other 5xx
+  without a JSON error body, or a 5xx from a backend whose ``/health`` no longer answers)
+  marks the backend down and, if no byte reached the client yet, goes back through the gate
+  once: the policy places the call on a healthy replica (a migration);
+- a *request error* (HTTP 500, or another 5xx with a JSON error body, from a backend whose
+  ``/health`` still answers) is that request's answer: the client gets it as an OpenAI-style
+  error with the same status, and the backend stays up. ``ERROR_STREAK_LIMIT`` of them in a
+  row (no answer below 500 between them) within ``ERROR_STREAK_WINDOW_S`` do mark the
+  backend down, for at least ``ERROR_STREAK_HOLD_DOWN_S``: a replica that fails every
+  request is not healthy, whatever its ``/health`` says.
+
+A stream that breaks after bytes were sent ends with an SSE error event and ``[DONE]``.
 """
 
 from __future__ import annotations
@@ -18,10 +31,11 @@ from typing import Any
 import aiohttp
 import orjson
 from fastapi import Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from thunder_middleware.policy.types import Usage
-from thunder_middleware.sidecar.errors import APIError, no_backend
+from thunder_middleware.sidecar.backends.base import BackendUnavailable
+from thunder_middleware.sidecar.errors import APIError, error_body, no_backend
 from thunder_middleware.sidecar.gates import ClientDisconnected, unless_disconnected
 from thunder_middleware.sidecar.metrics import SidecarMetrics
 from thunder_middleware.sidecar.payload import ParsedRequest
@@ -44,9 +58,44 @@ CLIENT_CLOSED_REQUEST = 499  # nginx's convention; nobody reads it, the client i
 #: what a dead, hung or half-closed backend raises in aiohttp
 UPSTREAM_ERRORS = (aiohttp.ClientError, TimeoutError)
 
+#: statuses that say the replica (or the gateway in front of it) cannot serve at all
+FAULT_STATUSES = frozenset({502, 503, 504})
+#: request errors in a row (no answer below 500 between them), within the window, that mark
+#: a backend down although its /health answers
+ERROR_STREAK_LIMIT = 3
+ERROR_STREAK_WINDOW_S = 30.0
+#: how long a backend so marked stays down before probing resumes (its /health answers, so
+#: without a hold it would be back at the very next probe)
+ERROR_STREAK_HOLD_DOWN_S = 5.0
+#: the /health check that decides whether a 5xx is the request's or the backend's
+HEALTH_CHECK_TIMEOUT_S = 2.0
+
 
 class UpstreamFailed(Exception):
     """The backend failed the call before the client saw a byte: retryable elsewhere."""
+
+
+class ErrorStreaks:
+    """Request errors in a row per backend; any answer below 500 ends a backend's streak."""
+
+    def __init__(self, limit: int = ERROR_STREAK_LIMIT,
+                 window_s: float = ERROR_STREAK_WINDOW_S) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._errors: dict[str, list[float]] = {}
+
+    def answered(self, backend: str) -> None:
+        self._errors.pop(backend, None)
+
+    def failed(self, backend: str, now: float) -> bool:
+        """Count one request error; True when it completes a streak (which then restarts)."""
+        recent = [t for t in self._errors.get(backend, ()) if now - t <= self.window_s]
+        recent.append(now)
+        if len(recent) >= self.limit:
+            self._errors.pop(backend, None)
+            return True
+        self._errors[backend] = recent
+        return False
 
 
 @dataclass(slots=True)
@@ -73,6 +122,7 @@ class Proxy:
     def __init__(self, runtime: SchedulerRuntime, metrics: SidecarMetrics) -> None:
         self.runtime = runtime
         self.metrics = metrics
+        self.streaks = ErrorStreaks()
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -115,6 +165,39 @@ class Proxy:
         self.runtime.backend_failed(lease.backend, reason)
         return UpstreamFailed(f"{lease.backend}: {reason}")
 
+    async def _upstream_5xx(self, request: Request, lease: Lease, route: str, status: int,
+                            content: bytes, sent_at: float, *, stream: bool) -> Response:
+        """A 5xx answer: raise UpstreamFailed for a backend fault (marked down, retried
+        elsewhere), or answer the client with this request's error (module docstring)."""
+        detail = _json_error(content)
+        if status in FAULT_STATUSES or (status != 500 and detail is None):
+            raise self._fail(request, lease, f"HTTP {status}", sent_at, stream)
+        if not await self._health_answers(lease.backend):
+            raise self._fail(request, lease, f"HTTP {status} and /health does not answer",
+                             sent_at, stream)
+        total_s = time.perf_counter() - sent_at
+        exclude_from_added_latency(request.scope, total_s + (0.0 if stream else lease.queue_wait_s))
+        self.runtime.complete(lease, usage=None, outcome="failed", stream=stream,
+                              first_token_s=None, total_s=total_s)
+        self.metrics.requests.labels(route=route, outcome=str(status)).inc()
+        if self.streaks.failed(lease.backend, time.monotonic()):
+            self.runtime.backend_failed(
+                lease.backend, f"{self.streaks.limit} request errors in a row (last HTTP "
+                f"{status})", hold_down_s=ERROR_STREAK_HOLD_DOWN_S)
+        else:
+            log.info("%s answered HTTP %s to one request of %s; it stays up", lease.backend,
+                     status, lease.key)
+        return JSONResponse(_client_error(status, detail, content), status_code=status)
+
+    async def _health_answers(self, name: str) -> bool:
+        if not self.runtime.pool.is_healthy(name):
+            return False  # already marked down meanwhile: a fault, retried elsewhere
+        try:
+            await self.runtime.pool.get(name).probe(HEALTH_CHECK_TIMEOUT_S)
+        except (BackendUnavailable, KeyError):
+            return False
+        return True
+
     def _aborted(self, lease: Lease, route: str, sent_at: float, *, stream: bool) -> Response:
         """The client left before the answer: the call ends as aborted, nobody reads a body."""
         self.runtime.complete(lease, usage=None, outcome="aborted", stream=stream,
@@ -133,9 +216,11 @@ class Proxy:
             return self._aborted(lease, route, sent_at, stream=False)
         except UPSTREAM_ERRORS as exc:
             raise self._fail(request, lease, repr(exc), sent_at, False) from exc
-        upstream_s = time.perf_counter() - sent_at
         if status >= 500:
-            raise self._fail(request, lease, f"HTTP {status}", sent_at, False)
+            return await self._upstream_5xx(request, lease, route, status, content, sent_at,
+                                            stream=False)
+        self.streaks.answered(lease.backend)
+        upstream_s = time.perf_counter() - sent_at
         exclude_from_added_latency(request.scope, upstream_s + lease.queue_wait_s)
         usage: Usage | None = None
         if status == 200:
@@ -195,7 +280,9 @@ class Proxy:
             finally:
                 opened.response.release()
             if status >= 500:
-                raise self._fail(request, lease, f"HTTP {status}", sent_at, True)
+                return await self._upstream_5xx(request, lease, route, status, body, sent_at,
+                                                stream=True)
+            self.streaks.answered(lease.backend)
             self.runtime.complete(lease, usage=None, outcome="failed", stream=True,
                                   first_token_s=None, total_s=time.perf_counter() - sent_at)
             self.metrics.requests.labels(route=route, outcome=str(status)).inc()
@@ -205,6 +292,7 @@ class Proxy:
             opened.response.close()
             raise self._fail(request, lease, "stream ended before its first event", sent_at,
                              True)
+        self.streaks.answered(lease.backend)
         self.metrics.requests.labels(route=route, outcome="200").inc()
         return StreamingResponse(
             self._relay(lease, opened, parsed.client_wants_usage, request.scope),
@@ -268,3 +356,42 @@ def _usage_of_body(content: bytes) -> Usage | None:
     except orjson.JSONDecodeError:
         return None
     return usage_from_dict(body.get("usage")) if isinstance(body, dict) else None
+
+
+def _json_error(content: bytes) -> dict[str, Any] | None:
+    """The fields of a JSON error body: OpenAI's ``{"error": {...}}``, or vLLM's older
+    ``{"object": "error", "message": ...}``; None for anything else."""
+    try:
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    error = body.get("error")
+    if isinstance(error, dict):
+        return error
+    if isinstance(error, str):
+        return {"message": error}
+    if body.get("object") == "error" or "message" in body:
+        return body
+    return None
+
+
+def _client_error(status: int, detail: dict[str, Any] | None,
+                  content: bytes) -> dict[str, dict[str, str | None]]:
+    """The backend's error for this one request, in OpenAI's shape."""
+    detail = detail or {}
+    message = detail.get("message")
+    if not isinstance(message, str) or not message:
+        text = content.decode("utf-8", "replace").strip()[:500]
+        message = f"the backend failed this request (HTTP {status})" + (
+            f": {text}" if text else "")
+    error_type = detail.get("type")
+    param = detail.get("param")
+    code = detail.get("code")
+    return error_body(
+        message,
+        error_type if isinstance(error_type, str) and error_type else "api_error",
+        param if isinstance(param, str) else None,
+        code if isinstance(code, str) and code else "upstream_error",
+    )

@@ -48,6 +48,9 @@ from thunder_middleware.sidecar.timeline import StepOutcome, StepRecord
 
 log = logging.getLogger(__name__)
 
+#: Environment states in which prepare-ahead has nothing to do (EnvState values).
+PREPARED_STATES = frozenset({"queued", "preparing", "ready"})
+
 
 class EnvironmentPort(Protocol):
     """What the runtime needs from the tool-environment manager (contract 4)."""
@@ -57,6 +60,8 @@ class EnvironmentPort(Protocol):
     async def reclaim(self, program_key: str, reason: str = "release") -> Any: ...
 
     def describe(self, program_key: str) -> list[Any]: ...
+
+    def has_environment(self, program_key: str) -> bool: ...
 
 
 @dataclass(slots=True)
@@ -104,6 +109,7 @@ class SchedulerRuntime:
         self._background: set[asyncio.Task[Any]] = set()
         self._reclaims: dict[str, asyncio.Task[Any]] = {}  # the last reclaim of each key
         self._tools_running: dict[str, int] = {}  # execs in flight per program key
+        self._prep_task: asyncio.Task[Any] | None = None  # the last prepare-ahead round
 
     # --- clock and lifecycle -------------------------------------------------------------
     def now(self) -> float:
@@ -235,11 +241,11 @@ class SchedulerRuntime:
         if program.anonymous:
             self.release(lease.key, reason="completed")
 
-    def backend_failed(self, name: str, reason: str) -> None:
-        """The proxy saw the backend fail a call: the pool marks it down, the policy moves
-        its programs (through backend_down)."""
+    def backend_failed(self, name: str, reason: str, *, hold_down_s: float = 0.0) -> None:
+        """The proxy saw the backend fail a call: the pool marks it down (and probes it
+        again only after ``hold_down_s``), the policy moves its programs (backend_down)."""
         self.metrics.backend_faults.labels(backend=name).inc()
-        self.pool.report_failure(name, reason)
+        self.pool.report_failure(name, reason, hold_down_s=hold_down_s)
 
     # --- control API --------------------------------------------------------------------
     def register(self, key: str, environment_spec: dict[str, Any] | None = None) -> TrackedProgram:
@@ -419,12 +425,42 @@ class SchedulerRuntime:
                 self._tools_running.pop(key, None)
         self.apply(self.scheduler.tick(now))
         self._expire_unseen()
-        if self.environments is not None and self.prep_ahead:
+        if self.environments is not None and self.prep_ahead and (
+                self._prep_task is None or self._prep_task.done()):
             # paused programs about to be restored: start their environments now, so the
             # memory grant and the tool environment arrive together
-            for key in self.scheduler.restore_order(self.prep_ahead):
-                if key in self.registry.live:
-                    self._spawn(self.environments.prepare(key), f"prepare {key}")
+            keys = [key for key in self.scheduler.restore_order(self.prep_ahead)
+                    if key in self.registry.live and self._needs_preparation(key)]
+            if keys:
+                self._prep_task = self._spawn(self._prepare_ahead(keys), "prepare ahead")
+
+    def _needs_preparation(self, key: str) -> bool:
+        """Whether prepare-ahead has work for ``key``: not when it has no environment (or a
+        released one), nor when its environment is already being created or ready (no task
+        per tick for nothing). Idle-reclaimed, removed, failed or declared ones need it."""
+        environments = self.environments
+        if environments is None or not environments.has_environment(key):
+            return False
+        handles = environments.describe(key)
+        return not handles or str(handles[0].state) not in PREPARED_STATES
+
+    async def _prepare_ahead(self, keys: list[str]) -> None:
+        """Prepare the environments of ``keys`` one after the other, each admitted first like
+        an exec or a declaration (a re-creation counts against the tenant's environment cap;
+        a refused one waits for a later tick). One key at a time, so each admission sees the
+        environments the previous prepares created."""
+        for key in keys:
+            if self.environments is None or key not in self.registry.live:
+                continue
+            try:
+                self.admit(key, environment=True)
+            except APIError as refused:
+                log.debug("prepare-ahead of %s refused: %s", key, refused)
+                continue
+            try:
+                await self.environments.prepare(key)
+            except Exception:
+                log.exception("prepare-ahead of %s failed", key)
 
     def _expire_unseen(self) -> None:
         """Programs registered but never sent a request are unknown to the policy; the

@@ -7,6 +7,7 @@ file cannot drift apart; the policy knobs are mapped onto the policy's own ``Pol
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -23,6 +24,8 @@ from thunder_middleware.security.config import TenantConfig
 
 EnvProvider = Literal["local", "docker", "kubernetes", "none"]
 BackendKind = Literal["auto", "vllm", "sglang", "openai"]
+# a Kubernetes namespace is a DNS-1123 label
+K8S_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 class SidecarSettings(BaseSettings):
@@ -41,6 +44,8 @@ class SidecarSettings(BaseSettings):
     # Policy knobs (DESIGN.md section 3); seconds are policy seconds, see time_scale.
     check_interval: float = Field(5.0, gt=0)
     decay_base: float = Field(2.0, ge=1.0, description="1.0 disables the decay")
+    tool_halflives: float = Field(
+        1.5, gt=0, description="cost-aware: decay half-life in mean tool times")
     lambda_max: float = Field(1.0, gt=0)
     lambda_min: float = Field(1.0, gt=0)
     idle_timeout: float = Field(600.0, gt=0)
@@ -65,6 +70,22 @@ class SidecarSettings(BaseSettings):
         None, description="TOML file of named EnvSpec presets, merged over the bundled ones")
     release_timeout: float = Field(
         10.0, gt=0, description="s a release waits for its environment reclaim")
+    # The environment manager (thunder_middleware.tools.ManagerConfig) and its provider;
+    # these seconds are wall-clock seconds (environments do not run on the policy clock).
+    max_environments: int = Field(64, ge=1, description="live environments; more queue")
+    env_create_concurrency: int = Field(8, ge=1, description="creations in flight at once")
+    env_create_attempts: int = Field(3, ge=1, description="tries per creation (engine errors)")
+    env_port_range: Annotated[tuple[int, int], NoDecode] = Field(
+        (20000, 29999), description="host ports lent to environments, LOW-HIGH")
+    env_idle_timeout: float = Field(
+        900.0, ge=0, description="s before an unused environment is reclaimed; 0 = never")
+    env_ready_timeout: float = Field(
+        600.0, gt=0, description="longest an exec waits for its environment to be ready, s")
+    env_exec_timeout: float = Field(60.0, gt=0, description="an exec's timeout when none given")
+    env_max_exec_timeout: float = Field(3600.0, gt=0, description="largest exec timeout, s")
+    env_output_limit: int = Field(
+        64 * 1024, ge=1024, description="bytes of stdout and of stderr kept per exec")
+    k8s_namespace: str = Field("default", description="namespace of the kubernetes provider")
     log_level: str = "warning"
 
     # Security and persistence (issue 7: thunder_middleware.security, thunder_middleware.store).
@@ -97,10 +118,39 @@ class SidecarSettings(BaseSettings):
                 raise ValueError(f"backend {url!r} is not an http(s) URL")
         return urls
 
+    @field_validator("k8s_namespace")
+    @classmethod
+    def _check_namespace(cls, value: str) -> str:
+        if not K8S_NAMESPACE.fullmatch(value):
+            raise ValueError(f"k8s_namespace {value!r} is not a Kubernetes namespace name "
+                             "(lowercase letters, digits and '-', at most 63 characters)")
+        return value
+
+    @field_validator("env_port_range", mode="before")
+    @classmethod
+    def _parse_port_range(cls, value: Any) -> Any:
+        """``20000-29999`` (flag, THUNDER_ENV_PORT_RANGE) or ``[20000, 29999]`` (TOML)."""
+        if isinstance(value, str):
+            low, dash, high = value.strip().partition("-")
+            if not (dash and low.strip().isdigit() and high.strip().isdigit()):
+                raise ValueError(f"env_port_range must look like 20000-29999, not {value!r}")
+            return int(low), int(high)
+        return value
+
+    @field_validator("env_port_range")
+    @classmethod
+    def _check_port_range(cls, value: tuple[int, int]) -> tuple[int, int]:
+        low, high = value
+        if not 1024 <= low <= high <= 65535:
+            raise ValueError("env_port_range must be LOW-HIGH with 1024 <= LOW <= HIGH <= 65535")
+        return value
+
     @model_validator(mode="after")
     def _check_watermarks(self) -> SidecarSettings:
         if self.lambda_min > self.lambda_max:
             raise ValueError("lambda_min must not exceed lambda_max (hysteresis window)")
+        if self.env_exec_timeout > self.env_max_exec_timeout:
+            raise ValueError("env_exec_timeout must not exceed env_max_exec_timeout")
         return self
 
     @classmethod

@@ -194,12 +194,16 @@ class CeilingRouting(ProgramPinnedRouting):
     prepares_environments = True  # an upper bound must not lose on environment waits
 
 
+CACHE_FIRST: dict[str, Any] = {"decay_tool_halflives": 8.0, "lambda_min": 0.8}
+
+
 @dataclass
 class ThunderPolicy(SimPolicy):
     """The live sidecar's ``ProgramScheduler``, driven by simulated events."""
 
     cost_aware: bool = True
     config_overrides: dict[str, Any] = field(default_factory=dict)
+    name: str = ""
     prepares_environments = True
 
     def __post_init__(self) -> None:
@@ -207,7 +211,7 @@ class ThunderPolicy(SimPolicy):
 
         self.config = PolicyConfig(cost_aware=self.cost_aware, **self.config_overrides)
         self.scheduler = ProgramScheduler(self.config)
-        self.name = "thunder" if self.cost_aware else "thunder-published"
+        self.name = self.name or ("thunder" if self.cost_aware else "thunder-published")
         self.tick_interval_s = float(self.config.tick_interval_s)
 
     def start(self, backends: Sequence[BackendSnapshot], now: float) -> list[Decision]:
@@ -256,6 +260,10 @@ POLICIES: dict[str, Callable[[], SimPolicy]] = {
     "ceiling": CeilingRouting,
     "thunder": lambda: ThunderPolicy(cost_aware=True),
     "thunder-published": lambda: ThunderPolicy(cost_aware=False),
+    # the sidecar's --tool-halflives 8 --lambda-min 0.8: caches kept through longer tools,
+    # restores batched below 80 % (fewer re-prefills, a smaller resident set)
+    "thunder-cache-first": lambda: ThunderPolicy(
+        cost_aware=True, config_overrides=CACHE_FIRST, name="thunder-cache-first"),
 }
 
 

@@ -9,6 +9,12 @@
 Every error is OpenAI JSON (``{"error": {"message", "type", "param", "code"}}``): request
 validation errors (FastAPI's 422) are answered 400 as vLLM does, unknown routes 404, and an
 unexpected exception 500 with its message but no traceback.
+
+Fault injection, for tests only: a chat or completions body carrying
+``"twin_inject_error": <status 500-599>`` is answered with that status and an OpenAI error
+body instead of being served, the way a replica fails one request it cannot handle while
+``/health`` and ``/metrics`` keep answering. No client sets the field unless it means to (a
+real vLLM ignores unknown fields), and nothing else in the twin reads it.
 """
 
 from __future__ import annotations
@@ -119,6 +125,22 @@ def resolve(config: TwinConfig) -> ResolvedTwin:
     return ResolvedTwin(config, engine_config, config.served_model_name or config.model)
 
 
+INJECT_ERROR_FIELD = "twin_inject_error"
+"""The test-only request field that makes the twin fail that one request (module docstring)."""
+
+
+def _injected_fault(body: ChatCompletionRequest | CompletionRequest) -> None:
+    """Raise the error a test asked for with ``twin_inject_error``; nothing when absent."""
+    status = (body.model_extra or {}).get(INJECT_ERROR_FIELD)
+    if status is None:
+        return
+    if isinstance(status, bool) or not isinstance(status, int) or not 500 <= status <= 599:
+        raise ApiError(f"{INJECT_ERROR_FIELD} must be an HTTP status from 500 to 599",
+                       param=INJECT_ERROR_FIELD)
+    raise ApiError(f"injected fault ({INJECT_ERROR_FIELD}={status})", status=status,
+                   error_type="InternalServerError")
+
+
 def _error(status: int, message: str, error_type: str, param: str | None = None) -> JSONResponse:
     return JSONResponse(error_body(message, error_type, status, param), status_code=status)
 
@@ -202,10 +224,12 @@ def create_twin_app(config: TwinConfig | None = None) -> FastAPI:
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatCompletionRequest, raw: Request) -> Any:
+        _injected_fault(body)
         return await serving.chat(body, raw)
 
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, raw: Request) -> Any:
+        _injected_fault(body)
         return await serving.completions(body, raw)
 
     @app.get("/v1/models")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -113,6 +114,7 @@ class BackendPool:
         self.backends: dict[str, Backend] = {}
         self.healthy: set[str] = set()
         self._seen: set[str] = set()  # backends tried at least once since start
+        self._hold_until: dict[str, float] = {}  # monotonic time before which no probe runs
         self._wake: dict[str, asyncio.Event] = {url: asyncio.Event() for url in self.urls}
         self._tasks: list[asyncio.Task[None]] = []
         self._listener: PoolListener | None = None
@@ -161,10 +163,13 @@ class BackendPool:
     def get(self, name: str) -> Backend:
         return self.backends[name]
 
-    def report_failure(self, name: str, reason: str) -> None:
-        """The proxy saw a connection failure: down now, probing starts at once."""
+    def report_failure(self, name: str, reason: str, *, hold_down_s: float = 0.0) -> None:
+        """The proxy saw the backend fail: down now; probing starts at once, or after
+        ``hold_down_s`` (for a backend whose probes succeed although it fails requests)."""
         backend = self.backends.get(name)
         if backend is not None and name in self.healthy:
+            if hold_down_s > 0.0:
+                self._hold_until[name] = time.monotonic() + hold_down_s
             self._mark_down(backend, reason)
         event = self._wake.get(name)
         if event is not None:
@@ -221,6 +226,9 @@ class BackendPool:
                     if url in self.healthy and self._listener is not None:
                         self._listener.backend_metrics(backend, metrics)
                 else:
+                    hold_s = self._hold_until.pop(url, 0.0) - time.monotonic()
+                    if hold_s > 0.0:
+                        await asyncio.sleep(hold_s)
                     backend, metrics = await self._probe_until_up(url)
                     self.healthy.add(url)
                     log.warning("backend %s healthy (%s, capacity %s tokens)", url,

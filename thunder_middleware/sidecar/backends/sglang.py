@@ -5,11 +5,17 @@ python/sglang/srt/metrics/collector.py): ``sglang:token_usage`` (KV fraction in 
 ``sglang:num_running_reqs``, ``sglang:num_queue_reqs``, ``sglang:cache_hit_rate`` (a gauge,
 not counters), ``sglang:prompt_tokens_total`` and ``sglang:cached_tokens_total`` (newer
 versions), and in some versions ``sglang:max_total_num_tokens``. Capacity otherwise comes
-from ``GET /get_server_info`` (``max_total_num_tokens``), else from --backend-capacity.
+from ``GET /get_server_info`` or ``/server_info`` (``max_total_num_tokens``), else from
+--backend-capacity.
 SGLang reports no preemption counter with vLLM's meaning, so that stays None.
+
+A /metrics text that does not parse is a failed scrape (BackendUnavailable, as for vLLM), and
+a capacity that is not a positive finite number counts as not given.
 """
 
 from __future__ import annotations
+
+import math
 
 from thunder_middleware.sidecar.backends.base import (
     Backend,
@@ -24,26 +30,39 @@ class SGLangBackend(Backend):
     _info_capacity: int | None = None
 
     async def _server_capacity(self, timeout: float) -> int | None:
-        response = await self._get("/get_server_info", timeout)
-        if response.status_code != 200:
-            return None
-        try:
-            value = response.json().get("max_total_num_tokens")
-        except ValueError:
-            return None
-        return int(value) if value else None
+        # /get_server_info is a deprecated alias of /server_info in newer SGLang; the value
+        # is at the top level, or in the per-DP-rank internal_states
+        for path in ("/get_server_info", "/server_info"):
+            response = await self._get(path, timeout)
+            if response.status_code != 200:
+                continue
+            try:
+                info = response.json()
+            except ValueError:
+                continue
+            if not isinstance(info, dict):
+                continue
+            states = info.get("internal_states")
+            first_state = states[0] if isinstance(states, list) and states else None
+            found = _capacity(info.get("max_total_num_tokens")) or _capacity(
+                first_state.get("max_total_num_tokens") if isinstance(first_state, dict)
+                else None)
+            if found:
+                return found
+        return None
 
     async def scrape(self, timeout: float = 2.0) -> BackendMetrics:
         response = await self._get("/metrics", timeout)
         if response.status_code != 200:
             raise BackendUnavailable(f"{self.url}/metrics: HTTP {response.status_code}")
-        samples = parse_samples(response.text)
-        capacity = samples.get("sglang:max_total_num_tokens")
-        if capacity:
-            capacity_tokens: int | None = int(capacity)
-        else:
-            if self._info_capacity is None:
-                self._info_capacity = await self._server_capacity(timeout)
+        try:
+            samples = parse_samples(response.text)
+        except ValueError as exc:  # unparsable exposition text
+            raise BackendUnavailable(f"{self.url}/metrics unreadable: {exc}") from exc
+        capacity_tokens = _capacity(samples.get("sglang:max_total_num_tokens"))
+        if capacity_tokens is None:
+            if self._info_capacity is None:  # asked once; 0 = the server does not say
+                self._info_capacity = await self._server_capacity(timeout) or 0
             capacity_tokens = self._info_capacity or self.configured_capacity
         if not capacity_tokens:
             raise BackendUnavailable(f"{self.url}: SGLang capacity unknown; set --backend-capacity")
@@ -59,3 +78,12 @@ class SGLangBackend(Backend):
             extra={"cache_hit_rate": samples.get("sglang:cache_hit_rate") or 0.0},
         )
         return self.metrics
+
+
+def _capacity(value: object) -> int | None:
+    """A token capacity from a gauge or a JSON field: a positive finite number, else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not math.isfinite(value) or value < 1:
+        return None
+    return int(value)
