@@ -2,10 +2,11 @@
 
 128 agent-like programs each loop: one chat call (short prompt, 4 output tokens), then a
 tool pause (uniform 1-3 s, the short end of the SWE-agent tool times), for ``--seconds``.
-The same load runs twice against one engine twin (time scale 200, so the engine itself is
-fast): straight to the twin, then through a sidecar in front of it. Reported:
+The same load runs three times against one engine twin (time scale 200, so the engine itself
+is fast): straight to the twin, through a bare pass-through proxy (``bare_proxy.py``: the
+cost of one more loopback hop in Python on this machine), then through a sidecar. Reported:
 
-* end-to-end latency p50/p99 both ways, and their difference (what a client sees added);
+* end-to-end latency p50/p99 each way, and the sidecar's difference (what a client sees);
 * the sidecar's own histogram ``thunder_sidecar_added_latency_seconds`` (time inside the
   sidecar, excluding the upstream call and the gate wait), p50/p99 by interpolation.
 
@@ -24,7 +25,11 @@ import os
 import platform
 import random
 import statistics
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -35,7 +40,7 @@ import matplotlib.pyplot as plt
 from rich.console import Console
 from rich.table import Table
 
-from thunder_middleware.launch import running, start_sidecar, start_twin
+from thunder_middleware.launch import free_port, running, start_sidecar, start_twin
 
 RESULTS = Path(__file__).parent / "results"
 HISTOGRAM = "thunder_sidecar_added_latency_seconds_bucket"
@@ -78,6 +83,29 @@ async def _load(url: str, programs: int, seconds: float, seed: int) -> tuple[lis
 
         await asyncio.gather(*(agent(i) for i in range(programs)))
     return latencies, errors
+
+
+@contextmanager
+def _bare_proxy(upstream: str) -> Iterator[str]:
+    """benchmarks.bare_proxy on a free loopback port, stopped however the block ends."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "benchmarks.bare_proxy", upstream,
+                                str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("the bare proxy did not start") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 def _buckets(url: str) -> list[tuple[float, float]]:
@@ -127,12 +155,14 @@ def main() -> None:
     console = Console()
 
     with running(start_twin(time_scale=200.0)) as twin, \
-            running(start_sidecar([twin.url], extra_args=["--env-provider", "none"])) as sidecar:
-        # warm both paths (connections, caches) before measuring
-        asyncio.run(_load(twin.url, 16, 2.0, args.seed + 1))
-        asyncio.run(_load(sidecar.url, 16, 2.0, args.seed + 1))
+            running(start_sidecar([twin.url], extra_args=["--env-provider", "none"])) as sidecar, \
+            _bare_proxy(twin.url) as bare_url:
+        # warm every path (connections, caches) before measuring
+        for url in (twin.url, bare_url, sidecar.url):
+            asyncio.run(_load(url, 16, 2.0, args.seed + 1))
         direct, direct_errors = asyncio.run(_load(twin.url, args.programs, args.seconds,
                                                   args.seed))
+        bare, bare_errors = asyncio.run(_load(bare_url, args.programs, args.seconds, args.seed))
         before = _buckets(sidecar.url)
         cpu_before = _cpu_seconds(sidecar.process.pid)
         proxied, proxied_errors = asyncio.run(_load(sidecar.url, args.programs, args.seconds,
@@ -142,6 +172,7 @@ def main() -> None:
 
     rows = {
         "direct to twin": (direct, direct_errors),
+        "through a bare pass-through proxy": (bare, bare_errors),
         "through sidecar": (proxied, proxied_errors),
     }
     p50 = {name: _quantile(values, 0.5) for name, (values, _) in rows.items()}
@@ -150,6 +181,7 @@ def main() -> None:
     inner_p99 = _histogram_quantile(before, after, 0.99)
     added_p50 = p50["through sidecar"] - p50["direct to twin"]
     added_p99 = p99["through sidecar"] - p99["direct to twin"]
+    floor_p50 = p50["through a bare pass-through proxy"] - p50["direct to twin"]
 
     table = Table(title=f"Sidecar added latency, {args.programs} programs, "
                         f"{args.seconds:.0f} s per path")
@@ -210,6 +242,10 @@ def main() -> None:
         f"proxied phase, divided by calls): **{cpu_per_call * 1e3:.2f} ms**.",
         "",
         f"Target: added p50 < 1.5 ms (end-to-end difference): **{verdict}**.",
+        "",
+        f"The floor on this machine: a bare pass-through proxy (`benchmarks/bare_proxy.py`: "
+        f"uvicorn + aiohttp, no policy, no middleware) adds **{floor_p50 * 1e3:.2f} ms** at "
+        f"p50; the sidecar adds {(added_p50 - floor_p50) * 1e3:.2f} ms on top of that hop.",
         "",
         "The histogram times the whole ASGI application (routing, body parsing, identity, "
         "policy events, response writing) minus the upstream call and the gate wait. The "
