@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -155,7 +156,7 @@ def _plot(reports: list[RunReport], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
-    names = [r.name for r in reports]
+    names = [textwrap.fill(r.name, 14) for r in reports]  # long names overlap otherwise
     left.bar(names, [r.steps_per_minute for r in reports], color=COLORS[: len(reports)])
     left.set_ylabel("agent steps per minute (modeled)")
     right.bar(names, [100 * r.hit_rate for r in reports], color=COLORS[: len(reports)])
