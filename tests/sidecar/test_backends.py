@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
@@ -205,9 +206,9 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def test_pool_marks_an_sglang_backend_down_when_its_metrics_turn_unreadable() -> None:
-    """Before the fix the ValueError escaped the adapter: the monitor logged it and the
-    backend stayed healthy, its stale metrics steering the policy."""
+@asynccontextmanager
+async def watched_sglang_pool() -> AsyncIterator[tuple[FakeEngine, Recorder, BackendPool]]:
+    """A pool monitoring one fake SGLang backend, started and already seen healthy."""
     engine = FakeEngine({"/metrics": text(SGLANG_METRICS)})
     listener = Recorder()
     pool = BackendPool([URL], engine.client(), kind="sglang", metrics_interval=0.05,
@@ -215,6 +216,15 @@ async def test_pool_marks_an_sglang_backend_down_when_its_metrics_turn_unreadabl
     await pool.start(listener)
     try:
         await wait_for(lambda: pool.is_healthy(URL))
+        yield engine, listener, pool
+    finally:
+        await pool.close()
+
+
+async def test_pool_marks_an_sglang_backend_down_when_its_metrics_turn_unreadable() -> None:
+    """Before the fix the ValueError escaped the adapter: the monitor logged it and the
+    backend stayed healthy, its stale metrics steering the policy."""
+    async with watched_sglang_pool() as (engine, listener, pool):
         assert listener.kinds() == ["up"]
         engine.routes["/metrics"] = text("<html>oops</html>")
         await wait_for(lambda: not pool.is_healthy(URL))
@@ -223,20 +233,12 @@ async def test_pool_marks_an_sglang_backend_down_when_its_metrics_turn_unreadabl
         engine.routes["/metrics"] = text(SGLANG_METRICS)
         await wait_for(lambda: pool.is_healthy(URL))
         assert listener.kinds() == ["up", "down", "up"]
-    finally:
-        await pool.close()
 
 
 async def test_pool_hold_down_keeps_a_probe_healthy_backend_down() -> None:
     """A backend whose probes succeed stays down for the hold-down a failure report asked
     for (the proxy's repeated-500 rule), then comes back by itself."""
-    engine = FakeEngine({"/metrics": text(SGLANG_METRICS)})
-    listener = Recorder()
-    pool = BackendPool([URL], engine.client(), kind="sglang", metrics_interval=0.05,
-                       max_backoff=0.2)
-    await pool.start(listener)
-    try:
-        await wait_for(lambda: pool.is_healthy(URL))
+    async with watched_sglang_pool() as (_, listener, pool):
         pool.report_failure(URL, "3 request errors in a row", hold_down_s=0.6)
         assert not pool.is_healthy(URL)
         down_at = listener.events[-1][1]
@@ -248,8 +250,6 @@ async def test_pool_hold_down_keeps_a_probe_healthy_backend_down() -> None:
         down_at = listener.events[-1][1]
         await wait_for(lambda: pool.is_healthy(URL))
         assert listener.events[-1][1] - down_at < 0.5
-    finally:
-        await pool.close()
 
 
 # --- the proxy's 5xx classification, as pure functions ----------------------------------
