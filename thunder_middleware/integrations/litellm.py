@@ -145,9 +145,7 @@ class ThunderLiteLLMCallback(CustomLogger):
         if isinstance(extra, Mapping) and isinstance(extra.get(PROGRAM_ID_FIELD), str):
             return str(extra[PROGRAM_ID_FIELD])  # already tagged (a retry, or by a wrapper)
         found = program_id_of_kwargs(kwargs) or self.default_program_id
-        if found and self.namespace:
-            return f"{self.namespace}:{found}"
-        return found
+        return self._full_id(found) if found else found
 
     async def async_pre_call_deployment_hook(
         self, kwargs: dict[str, Any], call_type: Any

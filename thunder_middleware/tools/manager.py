@@ -144,10 +144,19 @@ class EnvironmentManager:
         environment: a current one, one reclaimed for a non-final reason, or the default."""
         if program_key in self._current:
             return True
+        try:
+            return self._spec_to_recreate(program_key) is not None
+        except ProgramReleased:
+            return False
+
+    def _spec_to_recreate(self, program_key: str) -> EnvSpec | None:
+        """The spec an exec re-creates a program's environment from when it has no current
+        one: the reclaimed one's (idle, failure, removal), else the default; ProgramReleased
+        when its last environment was reclaimed for good."""
         old = self._history.get(program_key)
-        if old is not None:
-            return old.reclaim_reason not in FINAL_REASONS
-        return self.default_spec is not None
+        if old is not None and old.reclaim_reason in FINAL_REASONS:
+            raise ProgramReleased("the program was released; its environment is gone")
+        return old.spec if old is not None else self.default_spec
 
     def exec_arguments(self, command: list[str] | str,
                        timeout_s: float | None) -> tuple[list[str], float]:
@@ -208,10 +217,7 @@ class EnvironmentManager:
         async with self._locked(program_key):
             record = self._current.get(program_key)
             if record is None:
-                old = self._history.get(program_key)
-                if old is not None and old.reclaim_reason in FINAL_REASONS:
-                    raise ProgramReleased("the program was released; its environment is gone")
-                spec = old.spec if old is not None else self.default_spec
+                spec = self._spec_to_recreate(program_key)
                 if spec is None:
                     if required:
                         raise NoEnvironment(
