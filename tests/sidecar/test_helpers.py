@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from thunder_middleware.sidecar.backends.base import parse_samples
-from thunder_middleware.sidecar.backends.vllm import vllm_metrics
+from thunder_middleware.sidecar.backends.vllm import VLLM_SAMPLES, vllm_metrics
 from thunder_middleware.sidecar.errors import APIError
 from thunder_middleware.sidecar.identity import (
     ANONYMOUS_PREFIX,
@@ -156,6 +156,37 @@ def test_vllm_capacity_from_cache_config_info() -> None:
     assert metrics.capacity_tokens == 64 * 16
     assert metrics.kv_usage == 0.25
     assert metrics.prefix_hit_rate == 0.25
+
+
+def test_vllm_adapter_reads_only_its_lines_and_gets_the_same_metrics() -> None:
+    """The scrape hands only the wanted lines to the parser (it runs on the proxying event
+    loop); histograms, _created samples and look-alike names must not change the result."""
+    text = (
+        "# HELP vllm:cache_config_info Information of the LLMEngine CacheConfig\n"
+        "# TYPE vllm:cache_config_info gauge\n"
+        'vllm:cache_config_info{block_size="16",num_gpu_blocks="64",engine="0"} 1.0\n'
+        "# TYPE vllm:num_requests_running gauge\n"
+        'vllm:num_requests_running{engine="0",model_name="m"} 3.0\n'
+        'vllm:num_requests_running{engine="1",model_name="m"} 2.0\n'
+        "# TYPE vllm:num_requests_waiting gauge\n"
+        'vllm:num_requests_waiting{engine="0",model_name="m"} 7.0\n'
+        "# TYPE vllm:prefix_cache_hits counter\n"
+        'vllm:prefix_cache_hits_total{engine="0"} 50\n'
+        'vllm:prefix_cache_hits_created{engine="0"} 1.7e9\n'
+        "# TYPE vllm:prefix_cache_queries counter\n"
+        'vllm:prefix_cache_queries_total{engine="0"} 200\n'
+        "# TYPE vllm:time_to_first_token_seconds histogram\n"
+        + "".join(f'vllm:time_to_first_token_seconds_bucket{{le="{b}",engine="0"}} {i}\n'
+                  for i, b in enumerate(("0.001", "0.01", "0.1", "1.0", "+Inf")))
+        + 'vllm:time_to_first_token_seconds_count{engine="0"} 4\n'
+        'vllm:time_to_first_token_seconds_sum{engine="0"} 0.5\n'
+    )
+    filtered = vllm_metrics(parse_samples(text, VLLM_SAMPLES), None)
+    assert filtered == vllm_metrics(parse_samples(text), None)
+    assert filtered.running == 5.0 and filtered.waiting == 7.0
+    assert filtered.capacity_tokens == 64 * 16 and filtered.prefix_hit_rate == 0.25
+    assert parse_samples(text, ["vllm:num_requests_waiting"]).values == {
+        "vllm:num_requests_waiting": 7.0}
 
 
 def test_settings_flags_over_environment_over_toml(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -177,3 +177,23 @@ def test_generic_openai_backend_uses_the_configured_capacity(twin_server: Runnin
         assert backend["kind"] == "openai" and backend["capacity_tokens"] == 4096
         assert _chat(server.url, chat_body("generic", 10)).status_code == 200
         assert metric(server.url, "thunder_sidecar_backend_capacity_tokens") == 4096
+
+
+def test_completion_calls_take_the_raw_path_and_are_timed(api: RunningServer) -> None:
+    """POSTs to the two completion paths are served by fast_path (timed by its histogram,
+    once per call that reached a backend); other methods on them still get FastAPI's
+    405 in OpenAI's error shape, and a refused body is not timed."""
+    count = "thunder_sidecar_added_latency_seconds_count"
+    before = metric(api.url, count)
+    assert _chat(api.url, chat_body("timed", 30)).status_code == 200
+    text = httpx.post(api.url + "/v1/completions", timeout=30,
+                      json={"model": "qwen3-8b", "prompt": "hi", "max_tokens": 2,
+                            "program_id": "timed"})
+    assert text.status_code == 200 and text.json()["usage"]["completion_tokens"] == 2
+    assert metric(api.url, count) == before + 2
+    refused = httpx.post(api.url + "/v1/chat/completions", content=b"{not json", timeout=30)
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_json"
+    assert metric(api.url, count) == before + 2
+    wrong_method = httpx.get(api.url + "/v1/chat/completions", timeout=30)
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["error"]["type"] == "api_error"

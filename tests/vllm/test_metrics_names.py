@@ -9,7 +9,7 @@ from benchmarks.vllm_twin_replay import metric_samples, scrape_metrics
 from benchmarks.vllm_vs_twin import EngineLimits
 from thunder_middleware.launch import RunningServer
 from thunder_middleware.sidecar.backends.base import parse_samples
-from thunder_middleware.sidecar.backends.vllm import vllm_metrics
+from thunder_middleware.sidecar.backends.vllm import VLLM_SAMPLES, vllm_metrics
 
 pytestmark = pytest.mark.vllm
 
@@ -36,8 +36,11 @@ def test_real_vllm_exports_what_the_adapter_reads(
             assert {"engine", "model_name"} <= labels.keys(), (name, labels)
     (labels, _), *_ = samples[CACHE_CONFIG]
     assert labels.keys() >= CACHE_CONFIG_LABELS
-    # the sidecar's own parser, on the real thing
-    metrics = vllm_metrics(parse_samples(scrape_metrics(vllm_url)), configured_capacity=None)
+    # the sidecar's own parser, on the real thing, reading only the lines it needs (as the
+    # adapter does) and everything: the same metrics
+    text = scrape_metrics(vllm_url)
+    metrics = vllm_metrics(parse_samples(text, VLLM_SAMPLES), configured_capacity=None)
+    assert metrics == vllm_metrics(parse_samples(text), configured_capacity=None)
     assert metrics.capacity_tokens == vllm_limits.num_blocks * vllm_limits.block_size
     for field in ("kv_usage", "prefix_cache_queries", "prefix_cache_hits", "preemptions",
                   "running", "waiting"):

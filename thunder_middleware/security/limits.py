@@ -142,8 +142,8 @@ class RequestLimits:
             if body_done:
                 return await receive()
             try:
-                message: dict[str, Any] = dict(
-                    await asyncio.wait_for(receive(), self.body_timeout_s))
+                async with asyncio.timeout(self.body_timeout_s):  # no task, unlike wait_for
+                    message: dict[str, Any] = dict(await receive())
             except TimeoutError as exc:
                 refusal.append(BodyTimeout(self.body_timeout_s))
                 raise refusal[0] from exc

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from thunder_middleware.policy import PolicyConfig, ProgramScheduler
 from thunder_middleware.security.config import SecurityConfig, merge_api_keys
@@ -28,10 +26,10 @@ from thunder_middleware.security.install import (
 from thunder_middleware.sidecar.backends.pool import BackendPool, make_client, make_session
 from thunder_middleware.sidecar.environments import EnvironmentLink, environment_link_for
 from thunder_middleware.sidecar.errors import install_error_handlers
+from thunder_middleware.sidecar.fast_path import SidecarApp, completion_stack
 from thunder_middleware.sidecar.metrics import SidecarMetrics, StateCollector
 from thunder_middleware.sidecar.persistence import InMemoryProgramStore, ProgramStore
-from thunder_middleware.sidecar.proxy import EXCLUDED_KEY, Proxy
-from thunder_middleware.sidecar.routes_openai import hot_path_routes
+from thunder_middleware.sidecar.proxy import Proxy
 from thunder_middleware.sidecar.routes_openai import router as openai_router
 from thunder_middleware.sidecar.routes_programs import router as programs_router
 from thunder_middleware.sidecar.runtime import SchedulerRuntime
@@ -39,30 +37,6 @@ from thunder_middleware.sidecar.settings import SidecarSettings
 from thunder_middleware.store.restore import redeclare_environments, restore_registry
 
 log = logging.getLogger(__name__)
-
-
-class AddedLatencyMiddleware:
-    """Times whole proxied requests (routing, parsing, policy, response writing) and records
-    what is left after the gate wait and the upstream call: the sidecar's own cost."""
-
-    PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
-
-    def __init__(self, app: ASGIApp, metrics: SidecarMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in self.PATHS:
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            excluded = scope.get(EXCLUDED_KEY)
-            if excluded is not None:  # requests that reached a backend
-                self.metrics.added_latency.observe(
-                    max(0.0, time.perf_counter() - started - excluded))
 
 
 def policy_config(settings: SidecarSettings) -> PolicyConfig:
@@ -101,7 +75,7 @@ def create_app(
     *,
     store: ProgramStore | None = None,
     environment_link: EnvironmentLink | None = None,
-) -> FastAPI:
+) -> SidecarApp:
     """Build the sidecar; ``store`` and ``environment_link`` are the plug-in points."""
     metrics = SidecarMetrics()
     pool = BackendPool(
@@ -146,22 +120,22 @@ def create_app(
             await link.close()
             await runtime.close()
 
-    app = FastAPI(title="thunder-middleware sidecar", lifespan=lifespan)
+    app = SidecarApp(title="thunder-middleware sidecar", lifespan=lifespan)
     app.state.settings = settings
     app.state.runtime = runtime
     app.state.metrics = metrics
     app.state.proxy = Proxy(runtime, metrics)
     app.state.environment_link = link
-    app.add_middleware(AddedLatencyMiddleware, metrics=metrics)
     install_error_handlers(app)
-    caps = install_security(app, security_config(settings), RequestLimitSettings(
-        settings.max_body_bytes, settings.max_header_bytes, settings.body_timeout))
+    limits = RequestLimitSettings(settings.max_body_bytes, settings.max_header_bytes,
+                                  settings.body_timeout)
+    caps = install_security(app, security_config(settings), limits)
+    app.completion_path = completion_stack(metrics, limits)
     runtime.admit_program, runtime.admit_environment = tenant_admission(
         caps, runtime.registry,
         lambda: link.manager.live_programs() if link.manager is not None else [])
     link.install_error_handler(app)
     app.include_router(openai_router)
-    app.router.routes[0:0] = hot_path_routes()
     app.include_router(programs_router)
     app.include_router(link.router())
 

@@ -87,41 +87,33 @@ def no_backend(retry_after: float = 5.0) -> APIError:
     )
 
 
-async def _api_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, APIError)
-    return exc.response()
-
-
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    first = exc.errors()[0] if exc.errors() else {}
-    location = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
-    message = f"{location or 'request'}: {first.get('msg', 'invalid request')}"
-    return APIError(400, message, param=location or None, code="invalid_value").response()
-
-
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
-    return APIError(exc.status_code, str(exc.detail), code="http_error").response()
-
-
-async def _client_left(_: Request, exc: Exception) -> Response:
-    """The client hung up before its body was read: nobody is left to answer, and it is
-    no fault of the sidecar (no 500, no traceback in the log)."""
-    assert isinstance(exc, ClientDisconnect)
-    return Response(status_code=499)  # nginx's "client closed request"
-
-
-async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+def error_response(exc: Exception) -> Response:
+    """The OpenAI-style answer to any exception a request raised: the one mapping shared by
+    FastAPI's handlers and the raw completion path (``fast_path``)."""
+    if isinstance(exc, APIError):
+        return exc.response()
+    if isinstance(exc, RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        location = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+        message = f"{location or 'request'}: {first.get('msg', 'invalid request')}"
+        return APIError(400, message, param=location or None, code="invalid_value").response()
+    if isinstance(exc, StarletteHTTPException):
+        return APIError(exc.status_code, str(exc.detail), code="http_error").response()
+    if isinstance(exc, ClientDisconnect):
+        # the client hung up before its body was read: nobody is left to answer, and it
+        # is no fault of the sidecar (no 500, no traceback in the log)
+        return Response(status_code=499)  # nginx's "client closed request"
     log.exception("unexpected error in the sidecar", exc_info=exc)
     return APIError(500, "internal error in the sidecar", code="internal_error",
                     error_type="api_error").response()
 
 
+async def _handler(_: Request, exc: Exception) -> Response:
+    return error_response(exc)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Route every exception class to an OpenAI-style answer."""
-    app.add_exception_handler(APIError, _api_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(ClientDisconnect, _client_left)
-    app.add_exception_handler(Exception, _unexpected)
+    for exception_class in (APIError, RequestValidationError, StarletteHTTPException,
+                            ClientDisconnect, Exception):
+        app.add_exception_handler(exception_class, _handler)

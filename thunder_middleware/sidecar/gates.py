@@ -84,27 +84,34 @@ async def until_disconnect(receive: Receive) -> None:
 
 
 async def unless_disconnected(awaitable: Awaitable[T], receive: Receive) -> T:
-    """Await ``awaitable`` but give up (cancelling it) if the client disconnects first.
+    """Await ``awaitable`` in this task, but give up (cancelling it) if the client
+    disconnects first; raises ClientDisconnected then.
 
-    Cancelling an httpx call closes its connection, which is how the backend learns to
-    abort the request.
+    Cancelling an upstream call closes its connection, which is how the backend learns to
+    abort the request. One watcher task and a done-callback, rather than a second task and
+    ``asyncio.wait``: every proxied call passes here.
     """
-    work = asyncio.ensure_future(awaitable)
+    task = asyncio.current_task()
+    assert task is not None
+    state = {"watching": True, "disconnected": False}
+
+    def on_disconnect(watcher: asyncio.Future[None]) -> None:
+        if state["watching"] and not watcher.cancelled() and watcher.exception() is None:
+            state["disconnected"] = True
+            task.cancel()
+
     watcher = asyncio.ensure_future(until_disconnect(receive))
+    watcher.add_done_callback(on_disconnect)
     try:
-        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await awaitable
     except asyncio.CancelledError:
-        work.cancel()
+        # ours alone (no other cancel pending): the client left; anyone else's: re-raise
+        if state["disconnected"] and task.uncancel() == 0:
+            raise ClientDisconnected() from None
         raise
     finally:
-        if not watcher.done():
-            watcher.cancel()
-    if work.done():
-        return work.result()
-    work.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await work
-    raise ClientDisconnected()
+        state["watching"] = False
+        watcher.cancel()
 
 
 async def wait_for_backend(future: asyncio.Future[str], receive: Receive) -> str:

@@ -8,13 +8,11 @@ short and new OpenAI fields keep working.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.routing import Route as StarletteRoute
 
 from thunder_middleware.sidecar.errors import no_backend
 from thunder_middleware.sidecar.identity import extract_program_id, namespaced
@@ -23,10 +21,14 @@ from thunder_middleware.sidecar.proxy import Proxy
 from thunder_middleware.sidecar.settings import SidecarSettings
 from thunder_middleware.sidecar.tenancy import resolve_tenant
 
+#: Served by ``fast_path`` in the running sidecar (POSTs to these two paths never reach
+#: FastAPI's router); registered here so the OpenAPI schema, and the fuzzing built on it,
+#: describe them, and so that a FastAPI app without the fast path still serves them.
 router = APIRouter()
 
 
-async def _complete(request: Request, tenant: str, route: Route, path: str) -> Response:
+async def complete_call(request: Request, tenant: str, route: Route, path: str) -> Response:
+    """One completion call for ``tenant``: parse, identify, forward through the gate."""
     settings: SidecarSettings = request.app.state.settings
     proxy: Proxy = request.app.state.proxy
     parsed = prepare_request(await request.body(), route,
@@ -40,35 +42,12 @@ async def _complete(request: Request, tenant: str, route: Route, path: str) -> R
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request, tenant: str = Depends(resolve_tenant)) -> Response:
-    return await _complete(request, tenant, "chat", "/v1/chat/completions")
+    return await complete_call(request, tenant, "chat", "/v1/chat/completions")
 
 
 @router.post("/v1/completions")
 async def completions(request: Request, tenant: str = Depends(resolve_tenant)) -> Response:
-    return await _complete(request, tenant, "completions", "/v1/completions")
-
-
-def hot_path_routes() -> list[StarletteRoute]:
-    """The two completion routes as plain Starlette routes, matched before the FastAPI ones.
-
-    FastAPI's per-request machinery (dependency solving, parameter analysis) cost about as
-    much CPU as the whole proxying; these routes skip it and call the same tenant resolver
-    and handler. The FastAPI routes above stay registered so the OpenAPI schema (and the
-    fuzzing built on it) still describes them.
-    """
-
-    def endpoint(route: Route, path: str) -> Callable[[Request], Awaitable[Response]]:
-        async def handle(request: Request) -> Response:
-            return await _complete(request, await resolve_tenant(request), route, path)
-
-        return handle
-
-    return [
-        StarletteRoute("/v1/chat/completions", endpoint("chat", "/v1/chat/completions"),
-                       methods=["POST"]),
-        StarletteRoute("/v1/completions", endpoint("completions", "/v1/completions"),
-                       methods=["POST"]),
-    ]
+    return await complete_call(request, tenant, "completions", "/v1/completions")
 
 
 @router.get("/v1/models")

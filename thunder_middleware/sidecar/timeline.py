@@ -9,7 +9,7 @@ program with thousands of steps cannot grow the sidecar without limit; totals co
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 StepOutcome = Literal["ok", "failed", "aborted", "abandoned"]
@@ -37,7 +37,12 @@ class StepRecord:
     retried: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # every field is a scalar, so no deep copy is needed: dataclasses.asdict cost about
+        # 0.1 ms here, on every proxied call
+        return {name: getattr(self, name) for name in STEP_FIELDS}
+
+
+STEP_FIELDS = tuple(field.name for field in fields(StepRecord))
 
 
 @dataclass(slots=True)

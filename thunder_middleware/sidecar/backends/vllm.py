@@ -15,6 +15,17 @@ from thunder_middleware.sidecar.backends.base import (
     parse_samples,
 )
 
+#: every sample name ``vllm_metrics`` reads (current and pre-v0.10 names)
+VLLM_SAMPLES = (
+    "vllm:cache_config_info",
+    "vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc",
+    "vllm:prefix_cache_queries_total", "vllm:gpu_prefix_cache_queries_total",
+    "vllm:prefix_cache_hits_total", "vllm:gpu_prefix_cache_hits_total",
+    "vllm:num_preemptions_total",
+    "vllm:num_requests_running",
+    "vllm:num_requests_waiting",
+)
+
 
 def capacity_from_cache_config(samples: Samples) -> int | None:
     labels = samples.labels.get("vllm:cache_config_info")
@@ -50,7 +61,8 @@ class VLLMBackend(Backend):
         if response.status_code != 200:
             raise BackendUnavailable(f"{self.url}/metrics: HTTP {response.status_code}")
         try:
-            metrics = vllm_metrics(parse_samples(response.text), self.configured_capacity)
+            metrics = vllm_metrics(parse_samples(response.text, VLLM_SAMPLES),
+                                   self.configured_capacity)
         except ValueError as exc:  # unparsable exposition text
             raise BackendUnavailable(f"{self.url}/metrics unreadable: {exc}") from exc
         if metrics.capacity_tokens is None:
