@@ -15,7 +15,7 @@ all three alike instead of on whichever path ran last. Reported:
 
 Target (issue 3): added p50 < 1.5 ms.
 
-    .venv/bin/python -m benchmarks.sidecar_latency [--programs 128] [--seconds 40] [--rounds 4]
+    .venv/bin/python -m benchmarks.sidecar_latency [--programs 128] [--seconds 40] [--rounds 8]
 
 Writes benchmarks/results/sidecar_latency.md and benchmarks/results/sidecar_latency.png.
 """
@@ -155,7 +155,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=40.0,
                         help="load per path, over all rounds")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--rounds", type=int, default=4,
+    parser.add_argument("--rounds", type=int, default=8,
                         help="rounds of the three paths, in rotated order (drift cancels)")
     args = parser.parse_args()
     console = Console(width=120)  # the table's columns, unwrapped, in a log or a pipe

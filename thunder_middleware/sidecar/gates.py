@@ -83,35 +83,51 @@ async def until_disconnect(receive: Receive) -> None:
             return
 
 
+#: how long a call runs before its client is watched for a disconnect
+DISCONNECT_WATCH_DELAY_S = 0.05
+
+
 async def unless_disconnected(awaitable: Awaitable[T], receive: Receive) -> T:
     """Await ``awaitable`` in this task, but give up (cancelling it) if the client
     disconnects first; raises ClientDisconnected then.
 
     Cancelling an upstream call closes its connection, which is how the backend learns to
-    abort the request. One watcher task and a done-callback, rather than a second task and
-    ``asyncio.wait``: every proxied call passes here.
+    abort the request. The watch (a task reading ``receive``) starts only once the call has
+    run ``DISCONNECT_WATCH_DELAY_S``: every proxied call passes here, and a call that ends
+    sooner never pays for a task, while a departure is still noticed within 50 ms, which is
+    nothing next to an LLM call's seconds. ``Task.uncancel`` tells the watch's cancellation
+    apart from anyone else's (shutdown, an enclosing timeout), which is re-raised.
     """
     task = asyncio.current_task()
     assert task is not None
-    state = {"watching": True, "disconnected": False}
+    loop = asyncio.get_running_loop()
+    watching = True
+    disconnected = False
+    watcher: asyncio.Task[None] | None = None
 
-    def on_disconnect(watcher: asyncio.Future[None]) -> None:
-        if state["watching"] and not watcher.cancelled() and watcher.exception() is None:
-            state["disconnected"] = True
+    def on_disconnect(watch: asyncio.Future[None]) -> None:
+        nonlocal disconnected
+        if watching and not watch.cancelled() and watch.exception() is None:
+            disconnected = True
             task.cancel()
 
-    watcher = asyncio.ensure_future(until_disconnect(receive))
-    watcher.add_done_callback(on_disconnect)
+    def start_watching() -> None:
+        nonlocal watcher
+        watcher = loop.create_task(until_disconnect(receive))
+        watcher.add_done_callback(on_disconnect)
+
+    timer = loop.call_later(DISCONNECT_WATCH_DELAY_S, start_watching)
     try:
         return await awaitable
     except asyncio.CancelledError:
-        # ours alone (no other cancel pending): the client left; anyone else's: re-raise
-        if state["disconnected"] and task.uncancel() == 0:
+        if disconnected and task.uncancel() == 0:
             raise ClientDisconnected() from None
         raise
     finally:
-        state["watching"] = False
-        watcher.cancel()
+        watching = False
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
 
 
 async def wait_for_backend(future: asyncio.Future[str], receive: Receive) -> str:
