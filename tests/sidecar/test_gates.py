@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from thunder_middleware.sidecar.gates import ClientDisconnected, unless_disconnected
+from thunder_middleware.sidecar import gates
+from thunder_middleware.sidecar.gates import ClientDisconnected, Receive, unless_disconnected
 
 
 class Client:
@@ -79,3 +80,21 @@ async def test_a_disconnect_after_the_answer_changes_nothing() -> None:
     assert result == 1
     task = asyncio.current_task()
     assert task is not None and task.cancelling() == 0
+
+
+async def test_only_a_call_longer_than_the_delay_pays_for_a_watch(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    watches: list[Receive] = []
+    real = gates.until_disconnect
+
+    async def counted(receive: Receive) -> None:
+        watches.append(receive)
+        await real(receive)
+
+    monkeypatch.setattr(gates, "until_disconnect", counted)
+    client = Client()
+    await unless_disconnected(asyncio.sleep(0.001), client.receive)
+    await asyncio.sleep(gates.DISCONNECT_WATCH_DELAY_S * 2)  # a cancelled timer stays silent
+    assert watches == []
+    await unless_disconnected(asyncio.sleep(gates.DISCONNECT_WATCH_DELAY_S * 2), client.receive)
+    assert len(watches) == 1

@@ -3,7 +3,8 @@
 A waiting request costs nothing while it waits (no polling): the runtime resolves its
 future with a backend name when a Restore (or Admit) decision names its program, or fails
 it when the program ends. The only other thing a waiter watches is its own client, through
-the ASGI ``receive`` channel, so a client that hangs up leaves the queue at once.
+the ASGI ``receive`` channel, so a client that hangs up leaves the queue within 50 ms
+(``DISCONNECT_WATCH_DELAY_S``).
 """
 
 from __future__ import annotations
