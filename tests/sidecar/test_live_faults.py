@@ -64,7 +64,8 @@ def test_killed_backend_moves_its_programs_and_comes_back() -> None:
         assert all(p["summary"]["steps"] >= 6 for p in programs)
         assert all(p["backend"] == survivor.url for p in programs)
         assert sum(p["migrations"] for p in programs) >= 1
-        assert metric(server.url, "thunder_sidecar_backend_faults_total") >= 1
+        # marked down once, whether a failed call or the next scrape saw it first
+        assert metric(server.url, "thunder_sidecar_backend_faults_total") == 1
 
         revived = start_twin(port=doomed.port, time_scale=5.0)
         try:

@@ -127,8 +127,13 @@ class SidecarMetrics:
         self.retries = Counter(PREFIX + "retries",
                                "Requests retried on another replica after a backend fault",
                                registry=registry)
-        self.backend_faults = Counter(PREFIX + "backend_faults", "Backend faults seen",
-                                      ["backend"], registry=registry)
+        # counted per healthy -> down transition, however it was seen (a failed call, a
+        # request-error streak, a failed scrape): which one sees a dead replica first is
+        # a race, and operators alert on the replica going down, not on who noticed
+        self.backend_faults = Counter(
+            PREFIX + "backend_faults",
+            "Times a backend was marked down (failed call, error streak or failed scrape)",
+            ["backend"], registry=registry)
         self.prompt_tokens = Counter(PREFIX + "prompt_tokens", "Prompt tokens (usage)",
                                      registry=registry)
         self.cached_tokens = Counter(PREFIX + "cached_tokens", "Cached prompt tokens (usage)",

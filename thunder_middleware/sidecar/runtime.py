@@ -244,7 +244,6 @@ class SchedulerRuntime:
     def backend_failed(self, name: str, reason: str, *, hold_down_s: float = 0.0) -> None:
         """The proxy saw the backend fail a call: the pool marks it down (and probes it
         again only after ``hold_down_s``), the policy moves its programs (backend_down)."""
-        self.metrics.backend_faults.labels(backend=name).inc()
         self.pool.report_failure(name, reason, hold_down_s=hold_down_s)
 
     # --- control API --------------------------------------------------------------------
@@ -397,6 +396,7 @@ class SchedulerRuntime:
                 kv_usage=metrics.kv_usage))
 
     def backend_down(self, backend: Backend, reason: str) -> None:
+        self.metrics.backend_faults.labels(backend=backend.name).inc()
         known = {view.name for view in self.scheduler.backend_views(self.now())}
         if backend.name in known:
             self.apply(self.scheduler.update_backend(backend.name, self.now(), healthy=False))
