@@ -28,11 +28,7 @@ import os
 import platform
 import random
 import statistics
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -43,7 +39,14 @@ import matplotlib.pyplot as plt
 from rich.console import Console
 from rich.table import Table
 
-from thunder_middleware.launch import free_port, running, start_sidecar, start_twin
+from thunder_middleware.launch import (
+    RunningServer,
+    free_port,
+    running,
+    start_process,
+    start_sidecar,
+    start_twin,
+)
 
 RESULTS = Path(__file__).parent / "results"
 HISTOGRAM = "thunder_sidecar_added_latency_seconds_bucket"
@@ -88,27 +91,11 @@ async def _load(url: str, programs: int, seconds: float, seed: int) -> tuple[lis
     return latencies, errors
 
 
-@contextmanager
-def _bare_proxy(upstream: str) -> Iterator[tuple[str, int]]:
-    """benchmarks.bare_proxy on a free loopback port, stopped however the block ends."""
+def _start_bare_proxy(upstream: str) -> RunningServer:
+    """benchmarks.bare_proxy on a free loopback port, started like the twin and sidecar."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "benchmarks.bare_proxy", upstream,
-                                str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("the bare proxy did not start") from None
-                time.sleep(0.1)
-        yield url, process.pid
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    return start_process("bare-proxy", [upstream, str(port)], port=port,
+                         module="benchmarks.bare_proxy")
 
 
 def _buckets(url: str) -> list[tuple[float, float]]:
@@ -167,9 +154,10 @@ def main() -> None:
 
     with running(start_twin(time_scale=200.0)) as twin, \
             running(start_sidecar([twin.url], extra_args=["--env-provider", "none"])) as sidecar, \
-            _bare_proxy(twin.url) as (bare_url, bare_pid):
-        urls = {names[0]: twin.url, names[1]: bare_url, names[2]: sidecar.url}
-        pids = {names[0]: twin.process.pid, names[1]: bare_pid, names[2]: sidecar.process.pid}
+            running(_start_bare_proxy(twin.url)) as bare:
+        servers = {names[0]: twin, names[1]: bare, names[2]: sidecar}
+        urls = {name: server.url for name, server in servers.items()}
+        pids = {name: server.process.pid for name, server in servers.items()}
         # warm every path (connections, caches) before measuring
         for url in urls.values():
             asyncio.run(_load(url, 16, 2.0, args.seed + 1))

@@ -102,12 +102,14 @@ def start_process(
     timeout: float = 60.0,
     env: dict[str, str] | None = None,
     log_dir: Path | None = None,
+    module: str = "thunder_middleware",
 ) -> RunningServer:
-    """Run ``python -m thunder_middleware <cli_args>`` and wait until ``ready_path`` is 200."""
+    """Run ``python -m <module> <cli_args>`` (the thunder-middleware CLI unless told) and
+    wait until ``ready_path`` is 200."""
     log_dir = log_dir or Path(os.environ.get("THUNDER_LOG_DIR", "/tmp/thunder-logs"))
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}-{port}.log"
-    args = [sys.executable, "-m", "thunder_middleware", *cli_args]
+    args = [sys.executable, "-m", module, *cli_args]
     child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with log_path.open("wb") as log:
         process = subprocess.Popen(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI, Request
 
@@ -33,6 +34,13 @@ class RequestLimitSettings:
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
 
+    def middleware_options(self) -> dict[str, Any]:
+        """The keyword arguments of :class:`RequestLimits`, for every stack that installs it
+        (FastAPI's, and the sidecar's raw completion path)."""
+        return {"max_body_bytes": self.max_body_bytes,
+                "max_header_bytes": self.max_header_bytes,
+                "body_timeout_s": self.body_timeout_s}
+
 
 def as_api_error(refused: AccessRefused) -> APIError:
     return APIError(refused.status_code, refused.message, code=refused.code,
@@ -56,9 +64,7 @@ def install_security(app: FastAPI, config: SecurityConfig,
     app.state.authenticator = authenticator
     app.state.tenant_caps = caps
     limits = limits or RequestLimitSettings()
-    app.add_middleware(RequestLimits, max_body_bytes=limits.max_body_bytes,
-                       max_header_bytes=limits.max_header_bytes,
-                       body_timeout_s=limits.body_timeout_s)
+    app.add_middleware(RequestLimits, **limits.middleware_options())
     return caps
 
 

@@ -29,16 +29,9 @@ from thunder_middleware.security.install import RequestLimitSettings
 from thunder_middleware.security.limits import RequestLimits
 from thunder_middleware.sidecar.errors import error_response
 from thunder_middleware.sidecar.metrics import SidecarMetrics
-from thunder_middleware.sidecar.payload import Route
 from thunder_middleware.sidecar.proxy import EXCLUDED_KEY
-from thunder_middleware.sidecar.routes_openai import complete_call
+from thunder_middleware.sidecar.routes_openai import COMPLETION_ROUTES, complete_call
 from thunder_middleware.sidecar.tenancy import resolve_tenant
-
-#: the paths served here, and the OpenAI route each one is
-COMPLETION_ROUTES: dict[str, Route] = {
-    "/v1/chat/completions": "chat",
-    "/v1/completions": "completions",
-}
 
 
 def is_completion_call(scope: Scope) -> bool:
@@ -74,10 +67,8 @@ async def completion_endpoint(scope: Scope, receive: Receive, send: Send) -> Non
     error event by the proxy before it gets here).
     """
     request = Request(scope, receive)
-    path = scope["path"]
     try:
-        response = await complete_call(request, await resolve_tenant(request),
-                                       COMPLETION_ROUTES[path], path)
+        response = await complete_call(request, await resolve_tenant(request), scope["path"])
     except Exception as exc:  # every failure speaks OpenAI's error shape, never a traceback
         response = error_response(exc)
     await response(scope, receive, send)
@@ -86,9 +77,7 @@ async def completion_endpoint(scope: Scope, receive: Receive, send: Send) -> Non
 def completion_stack(metrics: SidecarMetrics, limits: RequestLimitSettings) -> ASGIApp:
     """The raw stack: the same request limits as every other route, then the timer."""
     return RequestLimits(AddedLatencyTimer(completion_endpoint, metrics),
-                         max_body_bytes=limits.max_body_bytes,
-                         max_header_bytes=limits.max_header_bytes,
-                         body_timeout_s=limits.body_timeout_s)
+                         **limits.middleware_options())
 
 
 class SidecarApp(FastAPI):

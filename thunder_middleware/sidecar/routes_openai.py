@@ -27,8 +27,16 @@ from thunder_middleware.sidecar.tenancy import resolve_tenant
 router = APIRouter()
 
 
-async def complete_call(request: Request, tenant: str, route: Route, path: str) -> Response:
-    """One completion call for ``tenant``: parse, identify, forward through the gate."""
+CHAT_PATH = "/v1/chat/completions"
+TEXT_PATH = "/v1/completions"
+#: the completion paths, and the OpenAI route (body shape) each one is
+COMPLETION_ROUTES: dict[str, Route] = {CHAT_PATH: "chat", TEXT_PATH: "completions"}
+
+
+async def complete_call(request: Request, tenant: str, path: str) -> Response:
+    """One completion call to ``path`` (a COMPLETION_ROUTES key) for ``tenant``: parse,
+    identify, forward through the gate."""
+    route = COMPLETION_ROUTES[path]
     settings: SidecarSettings = request.app.state.settings
     proxy: Proxy = request.app.state.proxy
     parsed = prepare_request(await request.body(), route,
@@ -40,14 +48,14 @@ async def complete_call(request: Request, tenant: str, route: Route, path: str) 
     return response
 
 
-@router.post("/v1/chat/completions")
+@router.post(CHAT_PATH)
 async def chat_completions(request: Request, tenant: str = Depends(resolve_tenant)) -> Response:
-    return await complete_call(request, tenant, "chat", "/v1/chat/completions")
+    return await complete_call(request, tenant, CHAT_PATH)
 
 
-@router.post("/v1/completions")
+@router.post(TEXT_PATH)
 async def completions(request: Request, tenant: str = Depends(resolve_tenant)) -> Response:
-    return await complete_call(request, tenant, "completions", "/v1/completions")
+    return await complete_call(request, tenant, TEXT_PATH)
 
 
 @router.get("/v1/models")
