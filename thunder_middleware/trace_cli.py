@@ -81,7 +81,8 @@ def _load(path: Path) -> Trace:
 
 @trace_app.command("save")
 def save(
-    workload: str = typer.Option(..., "--workload", help="swe-agent, openhands or router."),
+    workload: str = typer.Option(
+        ..., "--workload", help="swe-agent, openhands, router or short-tool."),
     programs: int = typer.Option(..., "--programs", help="How many programs to write."),
     seed: int = typer.Option(0, "--seed", help="Workload seed."),
     out: Path = typer.Option(..., "--out", help="The JSON-lines file to write."),

@@ -93,7 +93,7 @@ def lambda_eff(sched: ProgramScheduler) -> float:
 def test_scheduler_learns_when_to_overcommit(
     prefill_s: float, tool_s: float, overcommits: bool
 ) -> None:
-    sched = ProgramScheduler(PolicyConfig(cost_aware=True))
+    sched = ProgramScheduler(PolicyConfig(self_check=False, cost_aware=True))
     sched.add_backend("b", 5000, 0.0)
     feed(sched, prefill_s=prefill_s, tool_s=tool_s)
     assert (lambda_eff(sched) > 1.0) is overcommits
@@ -110,7 +110,7 @@ def test_scheduler_learns_when_to_overcommit(
 
 
 def test_requests_in_flight_never_exceed_lambda_max_even_when_overcommitting() -> None:
-    sched = ProgramScheduler(PolicyConfig(cost_aware=True))
+    sched = ProgramScheduler(PolicyConfig(self_check=False, cost_aware=True))
     sched.add_backend("b", 5000, 0.0)
     feed(sched, prefill_s=0.01, tool_s=30.0)
     assert lambda_eff(sched) > 1.2
@@ -122,21 +122,22 @@ def test_requests_in_flight_never_exceed_lambda_max_even_when_overcommitting() -
 
 
 def test_published_policy_never_overcommits_however_cheap() -> None:
-    sched = ProgramScheduler(PolicyConfig(cost_aware=False))
+    sched = ProgramScheduler(PolicyConfig(self_check=False, cost_aware=False))
     sched.add_backend("b", 5000, 0.0)
     feed(sched, prefill_s=0.01, tool_s=30.0)
     assert lambda_eff(sched) == 1.0
 
 
 def test_nothing_learned_means_published_limits() -> None:
-    sched = ProgramScheduler(PolicyConfig(cost_aware=True))
+    sched = ProgramScheduler(PolicyConfig(self_check=False, cost_aware=True))
     sched.add_backend("b", 5000, 0.0)
     sched.tick(1.0)
     assert lambda_eff(sched) == 1.0
 
 
 def test_decay_half_life_follows_the_learned_tool_time() -> None:
-    sched = ProgramScheduler(PolicyConfig(cost_aware=True, decay_tool_halflives=1.0))
+    sched = ProgramScheduler(
+        PolicyConfig(self_check=False, cost_aware=True, decay_tool_halflives=1.0))
     sched.add_backend("b", 1_000_000, 0.0)
     feed(sched, prefill_s=0.5, tool_s=4.0, n=10)
     sched.on_request("x", 1000.0, 0, 1000)
@@ -149,7 +150,7 @@ def test_decay_half_life_follows_the_learned_tool_time() -> None:
 
 
 def test_cost_aware_holds_the_arrival_instead_of_marking_in_flight_programs() -> None:
-    rt = RuntimeModel(ProgramScheduler(PolicyConfig(cost_aware=True)))
+    rt = RuntimeModel(ProgramScheduler(PolicyConfig(self_check=False, cost_aware=True)))
     rt.add_backend("b", 1000, 0.0)
     rt.request("small", 0.0, 300)
     rt.request("big", 0.0, 500)
@@ -164,7 +165,7 @@ def test_cost_aware_holds_the_arrival_instead_of_marking_in_flight_programs() ->
 
 
 def test_published_marks_in_flight_program_for_the_same_arrival() -> None:
-    rt = RuntimeModel(ProgramScheduler(PolicyConfig(cost_aware=False)))
+    rt = RuntimeModel(ProgramScheduler(PolicyConfig(self_check=False, cost_aware=False)))
     rt.add_backend("b", 1000, 0.0)
     rt.request("small", 0.0, 300)
     rt.request("big", 0.0, 500)
@@ -173,7 +174,8 @@ def test_published_marks_in_flight_program_for_the_same_arrival() -> None:
 
 
 def test_cost_aware_starving_program_goes_first_without_forcing() -> None:
-    rt = RuntimeModel(ProgramScheduler(PolicyConfig(cost_aware=True, starvation_bound_s=10.0)))
+    rt = RuntimeModel(ProgramScheduler(
+        PolicyConfig(self_check=False, cost_aware=True, starvation_bound_s=10.0)))
     rt.add_backend("b", 1000, 0.0)
     rt.request("r1", 0.0, 500)
     rt.request("r2", 0.0, 500)
@@ -188,7 +190,7 @@ def test_cost_aware_starving_program_goes_first_without_forcing() -> None:
 
 
 def test_cost_aware_reserves_the_learned_output_for_reasoning_programs() -> None:
-    sched = ProgramScheduler(PolicyConfig(cost_aware=True))
+    sched = ProgramScheduler(PolicyConfig(self_check=False, cost_aware=True))
     sched.add_backend("b", 100_000, 0.0)
     sched.on_request("a", 0.0, 0, 1000)
     sched.on_request_done("a", 1.0, Usage(1000, 300, 0), None)

@@ -25,7 +25,7 @@ from .runtime_model import RuntimeModel
 
 
 def published(**overrides: float) -> RuntimeModel:
-    config = PolicyConfig.model_validate({"cost_aware": False, **overrides})
+    config = PolicyConfig.model_validate({"cost_aware": False, "self_check": False, **overrides})
     return RuntimeModel(ProgramScheduler(config))
 
 
@@ -39,7 +39,7 @@ def demand(rt: RuntimeModel, backend: str, now: float) -> float:
 
 def test_config_rejects_inverted_watermarks() -> None:
     with pytest.raises(ValueError, match="lambda_min"):
-        PolicyConfig(lambda_min=1.2, lambda_max=1.0)
+        PolicyConfig(self_check=False, lambda_min=1.2, lambda_max=1.0)
 
 
 def test_demand_is_reasoning_c_plus_decayed_acting_c() -> None:
@@ -222,7 +222,7 @@ def test_starvation_bound_restores_regardless() -> None:
 
 
 def test_token_estimate_uses_learned_chars_per_token() -> None:
-    sched = ProgramScheduler(PolicyConfig(cost_aware=False))
+    sched = ProgramScheduler(PolicyConfig(self_check=False, cost_aware=False))
     sched.add_backend("b", 100_000, 0.0)
     sched.on_request("p", 0.0, prompt_chars=4000)
     view = sched.program("p")
@@ -237,7 +237,7 @@ def test_token_estimate_uses_learned_chars_per_token() -> None:
 
 
 def test_token_hint_wins_over_character_estimate() -> None:
-    sched = ProgramScheduler(PolicyConfig(cost_aware=False))
+    sched = ProgramScheduler(PolicyConfig(self_check=False, cost_aware=False))
     sched.add_backend("b", 100_000, 0.0)
     sched.on_request("p", 0.0, prompt_chars=4000, prompt_tokens_hint=123)
     view = sched.program("p")
@@ -368,20 +368,20 @@ def test_release_frees_room_and_restores_next() -> None:
 
 
 def test_unknown_backend_update_raises() -> None:
-    sched = ProgramScheduler()
+    sched = ProgramScheduler(PolicyConfig(self_check=False))
     with pytest.raises(KeyError):
         sched.update_backend("nope", 0.0, healthy=False)
 
 
 def test_events_for_unknown_programs_are_ignored() -> None:
-    sched = ProgramScheduler()
+    sched = ProgramScheduler(PolicyConfig(self_check=False))
     assert sched.on_request_done("ghost", 0.0, None, None) == []
     assert sched.on_request_abandoned("ghost", 0.0) == []
     assert sched.on_release("ghost", 0.0) == []
 
 
 def test_rates_are_learned_from_usage_and_timing() -> None:
-    sched = ProgramScheduler(PolicyConfig(attention_context_tokens=1e12))
+    sched = ProgramScheduler(PolicyConfig(self_check=False, attention_context_tokens=1e12))
     sched.add_backend("b", 100_000, 0.0)
     for i in range(5):
         pid = f"p{i}"

@@ -14,10 +14,16 @@ made the engine queue more: a feedback loop the simulator found. The gauge is no
 
 from __future__ import annotations
 
+import math
+
 from thunder_middleware.policy.config import PolicyConfig
 from thunder_middleware.policy.cost import CostInputs, effective_lambda
 from thunder_middleware.policy.demand import BackendDemand
 from thunder_middleware.policy.estimators import Ema, EngineRates
+
+# room of a pass-through backend before what it holds is subtracted: finite, so that
+# placement by most room still spreads programs over backends
+_PASS_ROOM = 1e15
 
 
 class BackendState:
@@ -34,6 +40,7 @@ class BackendState:
         "kv_usage",
         "lambda_eff",
         "name",
+        "passthrough",
         "program_count",
         "rates",
         "shared_prefix",
@@ -43,6 +50,8 @@ class BackendState:
         self.name = name
         self.capacity = capacity
         self.healthy = True
+        # pass-through (self_check.py): no watermark applies, restores go where least is held
+        self.passthrough = False
         self.kv_usage: float | None = None
         self._config = config
         self.demand = BackendDemand(config.decay_base, now)
@@ -89,10 +98,14 @@ class BackendState:
 
     @property
     def high_watermark(self) -> float:
+        if self.passthrough:
+            return math.inf
         return self.lambda_eff * self.capacity
 
     @property
     def low_watermark(self) -> float:
+        if self.passthrough:
+            return math.inf
         # lambda_min shifted by the cost model's overcommit, so the hysteresis keeps its width
         shift = self.lambda_eff - self._config.lambda_max
         return (self._config.lambda_min + shift) * self.capacity
@@ -116,6 +129,8 @@ class BackendState:
         requests instead, which recomputes them mid-decode (measured: preemptions appear as
         soon as lambda_eff > lambda_max applies to everything).
         """
+        if self.passthrough:
+            return math.inf
         return self._config.lambda_max * self.capacity
 
     def over_total(self, now: float) -> bool:
@@ -125,7 +140,13 @@ class BackendState:
         return self.over_total(now) or self.reasoning_committed() > self.reasoning_limit
 
     def room(self, now: float) -> float:
-        """Tokens a restore may still add: under the high watermark and the in-flight limit."""
+        """Tokens a restore may still add: under the high watermark and the in-flight limit.
+
+        In pass-through every backend has room; what is left of a large constant keeps
+        best-fit placement choosing the backend that holds least.
+        """
+        if self.passthrough:
+            return _PASS_ROOM - self.occupied(now)
         demand = self.demand
         held = max(demand.marked_sum - self.shared * demand.marked_count, 0.0)
         total = self.high_watermark - self.occupied(now)
@@ -142,6 +163,8 @@ class BackendState:
         the raw one (the floor only delays it); early is safe, the exact comparison is made
         when the time comes.
         """
+        if self.passthrough:
+            return -math.inf
         demand = self.demand
         shared = self.shared
         key = (demand.version, self.lambda_eff, shared, self.capacity, demand.acting.base)

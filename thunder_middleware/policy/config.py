@@ -148,6 +148,37 @@ class PolicyConfig(BaseModel):
         "at tens of ms per token under batching).",
     )
 
+    self_check: bool = Field(
+        default=True,
+        description="Measure gating against pass-through online and run whichever gives the "
+        "agents' LLM side the lower latency (self_check.py); False = always gate.",
+    )
+    self_check_margin: float = Field(
+        default=0.05,
+        ge=0,
+        lt=1,
+        description="Gating must have a latency this much lower than pass-through to become "
+        "the main mode (pass-through, which cannot harm, only has to tie): hysteresis "
+        "against epoch-to-epoch noise.",
+    )
+    self_check_min_gain: float = Field(
+        default=0.05,
+        ge=0,
+        description="In pass-through, gating is explored only when re-prefill of lost own "
+        "context accounts for at least this share of the LLM side or of engine time.",
+    )
+    self_check_min_calls: int = Field(
+        default=24,
+        ge=4,
+        description="Fewest completed calls in an epoch (otherwise one call per program).",
+    )
+    self_check_max_backoff: int = Field(
+        default=16,
+        ge=1,
+        description="Most main-mode epochs between two explorations once the main mode "
+        "keeps winning: bounds what exploring costs and how long a changed workload waits.",
+    )
+
     @model_validator(mode="after")
     def _watermarks_ordered(self) -> PolicyConfig:
         """Hysteresis needs lambda_min <= lambda_max, else restores and pauses would ping-pong."""

@@ -45,6 +45,9 @@ class ProgramRecord:
     queued_since: float | None = None
     dispatched_at: float = 0.0
     last_prompt_chars: int = 0
+    reusable: float = 0.0  # tokens of its last call (prompt + reply) its next call can reuse
+    arrived_at: float = 0.0  # when its outstanding call reached the gate
+    check_epoch: int = -1  # the self-check epoch that call is charged to (-1: none)
     steps: int = 0
     pauses: int = 0
     restores: int = 0

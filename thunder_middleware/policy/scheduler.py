@@ -12,8 +12,10 @@ global queue into the backends below their low watermark.
 from __future__ import annotations
 
 from thunder_middleware.policy.backend import BackendState
+from thunder_middleware.policy.estimators import prefill_work
 from thunder_middleware.policy.program import ProgramRecord
 from thunder_middleware.policy.rebalance import Rebalancer
+from thunder_middleware.policy.self_check import GateMode, GatingCheck
 from thunder_middleware.policy.types import (
     Admit,
     CallTiming,
@@ -34,6 +36,7 @@ class ProgramScheduler(Rebalancer):
         backend = self._backends.get(name)
         if backend is None:
             backend = BackendState(name, capacity_tokens, self.config, now)
+            backend.passthrough = self._check.mode is GateMode.PASS
             if self._decay_base != self.config.decay_base:  # adapted since start (cost-aware)
                 backend.demand.set_decay_base(self._decay_base, now)
             self._backends[name] = backend
@@ -93,12 +96,14 @@ class ProgramScheduler(Rebalancer):
                 last_prompt_chars=prompt_chars,
             )
             self._programs[program_id] = rec
+            self._charge_arrival(rec, now)
             self._queue.push(rec)
             return self._settle(now, out, [])
         if rec.waiting == 0 and rec.inflight == 0:
             if rec.steps > 0:
                 self._shape.observe_tool(now - rec.acting_since)
             self._idle.pop(program_id, None)
+            self._charge_arrival(rec, now)
         rec.last_prompt_chars = prompt_chars
         self._set_c(rec, max(rec.c, estimate))
         rec.waiting += 1
@@ -138,6 +143,9 @@ class ProgramScheduler(Rebalancer):
         backend = self._backends.get(rec.backend) if rec.backend is not None else None
         if usage is not None:
             tokens = usage.prompt_tokens + usage.completion_tokens
+            if rec.inflight == 0 and rec.waiting == 0:
+                self._observe_call(rec, backend, usage, now)
+            rec.reusable = float(tokens)
             if first_call and backend is not None:
                 backend.observe_first_call(usage.cached_tokens, usage.prompt_tokens)
             self._chars_per_token.observe(rec.last_prompt_chars, usage.prompt_tokens)
@@ -152,6 +160,13 @@ class ProgramScheduler(Rebalancer):
             self._idle[program_id] = now
             self._idle.move_to_end(program_id)
         check: list[BackendState] = []
+        if rec.inflight == 0 and rec.waiting == 0:
+            self._check.call_dropped(rec.check_epoch, rec.arrived_at)  # failed: not measured
+            rec.check_epoch = -1
+        if self._check.end_epoch_if_due(now, len(self._programs), len(self._backends),
+                                        self._inflight()):
+            self._apply_mode()
+            check.extend(b for b in self._backends.values() if b is not backend)
         if rec.status is Status.ACTIVE and backend is not None:
             if rec.marked and rec.inflight == 0:
                 self._pause(rec, now, out, again_this_call=not backend.healthy)
@@ -166,6 +181,9 @@ class ProgramScheduler(Rebalancer):
         if rec is None or rec.waiting == 0:
             return self._settle(now, [], [])
         rec.waiting -= 1
+        if rec.waiting == 0 and rec.inflight == 0:
+            self._check.call_dropped(rec.check_epoch, rec.arrived_at)
+            rec.check_epoch = -1
         if rec.waiting == 0:
             rec.waiting_since = None
             rec.starving = False
@@ -213,6 +231,30 @@ class ProgramScheduler(Rebalancer):
             backend.refresh_lambda(shape.reasoning_s.value, shape.tool_s.value, fallback)
         return self._settle(now, out, list(self._backends.values()))
 
+    def _charge_arrival(self, rec: ProgramRecord, now: float) -> None:
+        rec.arrived_at = now
+        rec.check_epoch = self._check.arrive(now)
+
+    def _inflight(self) -> int:
+        return sum(rec.inflight for rec in self._programs.values())
+
+    def _observe_call(
+        self, rec: ProgramRecord, backend: BackendState | None, usage: Usage, now: float
+    ) -> None:
+        """The call's LLM-side time, and the self-check's evidence: how much of its own last
+        context the engine still had."""
+        expected = min(rec.reusable, float(usage.prompt_tokens))
+        missed = max(expected - usage.cached_tokens, 0.0)
+        missed_s = 0.0
+        if missed > 0.0 and backend is not None:
+            rate = backend.rates.prefill_rate
+            if rate is not None:
+                cached = float(usage.cached_tokens)
+                missed_s = prefill_work(missed, cached, backend.rates.attention_context) / rate
+        self._check.call_done(rec.check_epoch, rec.arrived_at, now, expected,
+                              usage.cached_tokens, missed_s)
+        rec.check_epoch = -1
+
     # --- read-only views -----------------------------------------------------------------
     def program(self, program_id: str) -> ProgramView | None:
         rec = self._programs.get(program_id)
@@ -222,10 +264,16 @@ class ProgramScheduler(Rebalancer):
         return [program_view(rec) for rec in self._programs.values()]
 
     def backend_views(self, now: float) -> list[BackendView]:
-        return [backend_view(b, now) for b in self._backends.values()]
+        gain = self._check.estimated_gain
+        return [backend_view(b, now, gain) for b in self._backends.values()]
 
     def restore_order(self, limit: int) -> list[str]:
         return self._queue.head(limit)
+
+    @property
+    def gating(self) -> GatingCheck:
+        """The self-check (read it, do not drive it): mode, estimated gain, last change."""
+        return self._check
 
     @property
     def learned_chars_per_token(self) -> float:

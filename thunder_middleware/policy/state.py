@@ -15,6 +15,7 @@ from thunder_middleware.policy.config import PolicyConfig
 from thunder_middleware.policy.demand import decay
 from thunder_middleware.policy.estimators import CharsPerToken, StepShape
 from thunder_middleware.policy.program import ProgramRecord
+from thunder_middleware.policy.self_check import GateMode, GatingCheck
 from thunder_middleware.policy.types import Decision, MarkForPause, Pause, Restore, Status
 from thunder_middleware.policy.waiting_queue import WaitingQueue
 
@@ -43,6 +44,7 @@ class SchedulerState:
         self._now = float("-inf")
         # paused for pressure during the current call: not restored again by the same call
         self._paused_in_call: set[str] = set()
+        self._check = GatingCheck(self.config)
 
     def _begin(self, now: float) -> float:
         """Clamp time to be monotone (a late event never moves the decay backwards)."""
@@ -50,6 +52,12 @@ class SchedulerState:
         if now > self._now:
             self._now = now
         return self._now
+
+    def _apply_mode(self) -> None:
+        """Every backend follows the self-check's current mode."""
+        passthrough = self._check.mode is GateMode.PASS
+        for backend in self._backends.values():
+            backend.passthrough = passthrough
 
     def _adapt_decay(self, now: float) -> None:
         """Cost-aware: the decay's half-life follows the learned mean tool time.
@@ -167,6 +175,7 @@ class SchedulerState:
 
     def _forget(self, program_id: str) -> None:
         rec = self._programs.pop(program_id)
+        self._check.call_dropped(rec.check_epoch, rec.arrived_at)
         if rec.backend is not None:
             self._unbind(rec)
         self._queue.remove(program_id)

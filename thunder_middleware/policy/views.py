@@ -53,6 +53,8 @@ class BackendView:
     prefill_rate: float | None  # learned, linear-token units per second
     decode_rate: float | None  # learned, output tokens per second per request
     shared_prefix_tokens: float = 0.0  # learned prefix all programs share (held once)
+    gating: str = "gate"  # "gate" or "pass" (pass-through), chosen by the self-check
+    gating_gain: float | None = None  # measured L(pass) / L(gate); > 1: gating pays
 
 
 def program_view(rec: ProgramRecord) -> ProgramView:
@@ -76,7 +78,7 @@ def program_view(rec: ProgramRecord) -> ProgramView:
     )
 
 
-def backend_view(b: BackendState, now: float) -> BackendView:
+def backend_view(b: BackendState, now: float, gating_gain: float | None = None) -> BackendView:
     return BackendView(
         name=b.name,
         capacity_tokens=b.capacity,
@@ -94,4 +96,6 @@ def backend_view(b: BackendState, now: float) -> BackendView:
         reasoning_programs=b.demand.reasoning_count,
         prefill_rate=b.rates.prefill_rate,
         decode_rate=b.rates.decode_rate,
+        gating="pass" if b.passthrough else "gate",
+        gating_gain=gating_gain,
     )

@@ -50,6 +50,7 @@ def policy_config(settings: SidecarSettings) -> PolicyConfig:
         starvation_bound_s=settings.starvation_bound,
         idle_timeout_s=settings.idle_timeout,
         cost_aware=settings.cost_aware,
+        self_check=settings.self_check,
     )
 
 

@@ -84,6 +84,9 @@ def serve(
     cost_aware: bool = typer.Option(
         None, "--cost-aware/--no-cost-aware", help="Pause only when it pays off (default on)."
     ),
+    self_check: bool = typer.Option(
+        None, "--self-check/--no-self-check",
+        help="Measure gating against pass-through and keep the faster (default on)."),
     strip_program_id: bool = typer.Option(
         None,
         "--strip-program-id/--keep-program-id",
@@ -138,6 +141,7 @@ def serve(
             k8s_namespace=k8s_namespace,
             metrics_interval=metrics_interval,
             cost_aware=cost_aware,
+            self_check=self_check,
             strip_program_id=strip_program_id,
             log_level=log_level,
             state_dir=state_dir,

@@ -80,12 +80,23 @@ class StateCollector(Collector):
                                           "Programs bound to the backend", labels=["backend"]),
             "healthy": GaugeMetricFamily(PREFIX + "backend_healthy",
                                          "1 if the backend takes work", labels=["backend"]),
+            "gating": GaugeMetricFamily(
+                PREFIX + "backend_gating",
+                "1 if the gate holds and pauses programs here, 0 in pass-through",
+                labels=["backend"]),
+            "gain": GaugeMetricFamily(
+                PREFIX + "backend_gating_estimated_gain",
+                "Measured LLM-side latency in pass-through / with the gate (> 1: gating pays)",
+                labels=["backend"]),
         }
         for backend in self._backends():
             families["demand"].add_metric([backend.name], backend.demand)
             families["capacity"].add_metric([backend.name], backend.capacity_tokens)
             families["high"].add_metric([backend.name], backend.high_watermark)
             families["programs"].add_metric([backend.name], backend.programs)
+            families["gating"].add_metric([backend.name], 1.0 if backend.gating == "gate" else 0.0)
+            if backend.gating_gain is not None:
+                families["gain"].add_metric([backend.name], backend.gating_gain)
         engine = {
             "kv": GaugeMetricFamily(PREFIX + "backend_kv_usage", "Engine KV usage (0-1)",
                                     labels=["backend"]),

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from thunder_middleware.policy import ProgramScheduler
+from thunder_middleware.policy.self_check import ModeChange
 from thunder_middleware.policy.types import (
     Admit,
     CallTiming,
@@ -99,6 +100,7 @@ class SchedulerRuntime:
         self.registry = ProgramRegistry()
         self.environments: EnvironmentPort | None = None
         self.time_scale = time_scale
+        self._logged_change: ModeChange | None = None
         self.tick_interval_s = tick_interval_s
         self.idle_timeout_s = idle_timeout_s
         self.prep_ahead = prep_ahead
@@ -334,6 +336,11 @@ class SchedulerRuntime:
     # --- decisions ----------------------------------------------------------------------
     def apply(self, decisions: Sequence[Decision]) -> None:
         """Apply the policy's decisions in order."""
+        change = self.scheduler.gating.last_change
+        if change is not self._logged_change:
+            self._logged_change = change
+            if change is not None:
+                log.info("gating mode is now %s on every backend: %s", change.mode, change.reason)
         for decision in decisions:
             if isinstance(decision, Admit):
                 self._bind(decision.program_id, decision.backend, restored=False)

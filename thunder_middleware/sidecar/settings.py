@@ -65,6 +65,8 @@ class SidecarSettings(BaseSettings):
     prep_ahead: int = Field(4, ge=0, description="paused programs whose environment is readied")
     max_program_id_length: int = Field(256, ge=8)
     cost_aware: bool = True
+    self_check: bool = Field(
+        True, description="measure gating against pass-through, keep whichever is faster")
     env_provider: EnvProvider = "local"
     env_presets: Path | None = Field(
         None, description="TOML file of named EnvSpec presets, merged over the bundled ones")

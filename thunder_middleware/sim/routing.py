@@ -260,6 +260,9 @@ POLICIES: dict[str, Callable[[], SimPolicy]] = {
     "ceiling": CeilingRouting,
     "thunder": lambda: ThunderPolicy(cost_aware=True),
     "thunder-published": lambda: ThunderPolicy(cost_aware=False),
+    # the gate alone, without the self-check against pass-through
+    "thunder-gate": lambda: ThunderPolicy(
+        config_overrides={"self_check": False}, name="thunder-gate"),
     # the sidecar's --tool-halflives 8 --lambda-min 0.8: caches kept through longer tools,
     # restores batched below 80 % (fewer re-prefills, a smaller resident set)
     "thunder-cache-first": lambda: ThunderPolicy(

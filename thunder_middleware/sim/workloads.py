@@ -147,7 +147,27 @@ ROUTER = WorkloadShape(
     context_limit=32_000,
 )
 
-SHAPES: dict[str, WorkloadShape] = {s.name: s for s in (SWE_AGENT, OPENHANDS, ROUTER)}
+# Coding agents whose tools are quick (a grep, a file read, a short test): the regime where a
+# pause costs more than the re-prefill it saves, so a gate that holds programs back loses.
+SHORT_TOOL = WorkloadShape(
+    name="short-tool",
+    system_prompt_tokens=(2_000, 4_000),
+    task_tokens=Clipped(100, 1_500, 400, 0.6),
+    steps=(10, 40),
+    output_tokens=Clipped(60, 400, 150, 0.5),
+    tools=(
+        ToolShape("read", 0.5, Clipped(0.2, 3, 0.4, 0.6), Clipped(100, 2_000, 400, 0.8)),
+        ToolShape("grep", 0.3, Clipped(0.2, 3, 0.3, 0.5), Clipped(50, 1_000, 150, 0.7)),
+        ToolShape("test", 0.2, Clipped(0.2, 3, 1.5, 0.5), Clipped(100, 2_000, 500, 0.8)),
+    ),
+    setup_s=(1.0, 3.0),
+    disk_gb=(0.5, 1.0),
+    context_limit=16_000,
+)
+
+SHAPES: dict[str, WorkloadShape] = {
+    s.name: s for s in (SWE_AGENT, OPENHANDS, ROUTER, SHORT_TOOL)
+}
 
 
 def _token_ids(rng: random.Random, count: int) -> tuple[int, ...]:
