@@ -45,6 +45,7 @@ from thunder_middleware.sidecar.metrics import SidecarMetrics
 from thunder_middleware.sidecar.persistence import ProgramStore, StoredProgram
 from thunder_middleware.sidecar.registry import ProgramRegistry, TrackedProgram
 from thunder_middleware.sidecar.timeline import StepOutcome, StepRecord
+from thunder_middleware.sidecar.tool_activity import ToolTimes
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ class SchedulerRuntime:
         tick_interval_s: float = 5.0,
         idle_timeout_s: float = 600.0,
         prep_ahead: int = 4,
+        max_tool_names: int = 64,
     ) -> None:
         self.scheduler = scheduler
         self.pool = pool
@@ -110,6 +112,7 @@ class SchedulerRuntime:
         self._reclaims: dict[str, asyncio.Task[Any]] = {}  # the last reclaim of each key
         self._tools_running: dict[str, int] = {}  # execs in flight per program key
         self._prep_task: asyncio.Task[Any] | None = None  # the last prepare-ahead round
+        self.tool_times = ToolTimes(max_tool_names)
 
     # --- clock and lifecycle -------------------------------------------------------------
     def now(self) -> float:
@@ -314,6 +317,18 @@ class SchedulerRuntime:
             program.timeline.record_tool_time(duration_s)
             self._save(program)
 
+    def tool_intent(self, key: str, tools: list[str], *, prepared: bool) -> TrackedProgram:
+        """The live program ``key`` is about to run ``tools``: it is acting (a sign of life
+        for idle expiry), and the tools and the time until its next call join that step
+        (and the per-tool-name estimate). ``prepared``: an environment was readied for it."""
+        program = self.registry.live[key]
+        program.last_activity = time.time()
+        program.timeline.record_intent(tools, program.last_activity)
+        self.apply(self.scheduler.on_activity(key, self.now()))
+        self.metrics.tool_intents.labels(outcome="prepared" if prepared else "recorded").inc()
+        self._save(program)
+        return program
+
     def _tool_activity(self, key: str) -> TrackedProgram | None:
         program = self.registry.live.get(key)
         if program is None:
@@ -476,6 +491,12 @@ class SchedulerRuntime:
     def _add_step(self, program: TrackedProgram, step: StepRecord) -> None:
         """Record a step on the timeline and in the store (the step, then the new totals)."""
         program.timeline.add(step)
+        if step.tools:
+            # a message's tool calls run together (ToolNode runs them concurrently), so the
+            # step's tool time is one observation for each tool it named
+            for name in step.tools:
+                label = self.tool_times.observe(name, step.tool_s)
+                self.metrics.tool_seconds.labels(tool=label).observe(step.tool_s)
         if not program.anonymous:
             self.store.save_step(program.key, step.as_dict())
         self._save(program)
