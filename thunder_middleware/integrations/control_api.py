@@ -6,7 +6,9 @@ description of every call and cannot drift apart.
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +17,8 @@ from urllib.parse import quote
 import httpx
 
 from thunder_middleware.tools.handles import EnvHandle, ExecResult
+
+log = logging.getLogger("thunder_middleware.integrations")
 
 DEFAULT_SIDECAR_URL = "http://127.0.0.1:9000"
 RETRYABLE_STATUS = frozenset({502, 503, 504})
@@ -35,6 +39,39 @@ def default_sidecar_url() -> str:
     """``THUNDER_SIDECAR_URL``, else ``OPENAI_BASE_URL`` without ``/v1``, else localhost."""
     url = os.environ.get("THUNDER_SIDECAR_URL") or os.environ.get("OPENAI_BASE_URL")
     return control_url(url or DEFAULT_SIDECAR_URL)
+
+
+_checked_urls: set[str] = set()
+_checked_lock = threading.Lock()
+
+
+def first_check(base_url: str) -> bool:
+    """True once per URL and process: whether this caller should check what answers there."""
+    with _checked_lock:
+        if base_url in _checked_urls:
+            return False
+        _checked_urls.add(base_url)
+        return True
+
+
+def warn_unless_sidecar(base_url: str, response: httpx.Response | None) -> None:
+    """Warn (once per URL, by the caller's :func:`first_check`) when ``GET /health`` at the
+    control URL is answered, but not by a sidecar: an agent pointed at the engine itself
+    runs, untagged and unscheduled, and every tool intent or release would be a vague 404.
+    Nothing answering at all is left to the calls' own errors."""
+    if response is None:
+        return
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if isinstance(data, Mapping) and "backends" in data and "programs" in data:
+        return
+    log.warning(
+        "%s is not a thunder-middleware sidecar (GET /health answered HTTP %s without the "
+        "sidecar's fields): programs are neither scheduled nor released there. Point the "
+        "model's base URL at the sidecar (e.g. http://127.0.0.1:9000/v1) or set "
+        "THUNDER_SIDECAR_URL.", base_url, response.status_code)
 
 
 def control_url(url: str) -> str:

@@ -11,8 +11,16 @@ Why each hook:
 - ``after_model`` sends tool intent from the new message's ``tool_calls`` before the tools
   node runs, so the sidecar readies the environment while the graph routes.
 - ``wrap_tool_call`` can run a tool in the program's environment (the sidecar's exec route).
-- ``after_agent`` releases; a failed model or tool call releases too (the exception still
-  propagates). Interrupts are not failures: the program stays, the idle timeout is the net.
+- ``after_agent`` releases a program that lives for one invoke; a failed model or tool call
+  releases too (the exception still propagates). Interrupts are not failures: the program
+  stays, the idle timeout is the net.
+
+A thread is a conversation: with a checkpointer, the thread's program outlives each invoke,
+so the next turn finds its cache and its timeline, until ``middleware.release(thread_id)``
+(or the sidecar's idle timeout). Without a checkpointer nothing of the thread survives the
+invoke, and neither does its program; a program named by ``program_id`` (argument or run
+context) is released at the end of the invoke as well. ``release_on_end=True`` or ``False``
+overrides this.
 """
 
 from __future__ import annotations
@@ -103,7 +111,7 @@ class ThunderMiddleware(AgentMiddleware[ThunderState, Any]):
                  context_key: str = "program_id",
                  exec_tools: Mapping[str, str] | None = None,
                  environment: Mapping[str, Any] | None = None, preset: str | None = None,
-                 exec_timeout_s: float = 60.0, release_on_end: bool = True,
+                 exec_timeout_s: float = 60.0, release_on_end: bool | None = None,
                  send_tool_intent: bool = True) -> None:
         super().__init__()
         url = sidecar_url or (client.base_url if client else None)
@@ -311,12 +319,32 @@ class ThunderMiddleware(AgentMiddleware[ThunderState, Any]):
         except Exception as exc:
             log.warning("release of %s after failure not delivered: %r", program_id, exc)
 
+    def _release_at_end(self, runtime: Any) -> bool:
+        """Explicit ``release_on_end``, else: keep a checkpointed thread's program (a
+        conversation), release every other (it lives for one invoke)."""
+        if self.release_on_end is not None:
+            return self.release_on_end
+        if self.program_id or _from_context(getattr(runtime, "context", None),
+                                            self.context_key):
+            return True
+        # LangGraph sets execution_info.thread_id only when a checkpointer persists the thread
+        info = getattr(runtime, "execution_info", None)
+        return not getattr(info, "thread_id", None)
+
     def after_agent(self, state: ThunderState, runtime: Any) -> dict[str, Any] | None:
-        if self.release_on_end:
+        if self._release_at_end(runtime):
             self.client.release(self.resolve_program_id(state, runtime))
         return None
 
     async def aafter_agent(self, state: ThunderState, runtime: Any) -> dict[str, Any] | None:
-        if self.release_on_end:
+        if self._release_at_end(runtime):
             await self.async_client.release(self.resolve_program_id(state, runtime))
         return None
+
+    def release(self, thread_id: str) -> dict[str, Any] | None:
+        """End a conversation: release the program of ``thread_id`` (or any program id) now.
+        None if the sidecar has no live program of that id."""
+        return self.client.release(thread_id)
+
+    async def arelease(self, thread_id: str) -> dict[str, Any] | None:
+        return await self.async_client.release(thread_id)

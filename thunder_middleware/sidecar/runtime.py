@@ -271,7 +271,8 @@ class SchedulerRuntime:
         program = self.registry.live.get(key)
         view = self.scheduler.program(key)
         if program is None and (view is None or view.status == Status.TERMINATED):
-            raise not_found(f"no live program {key.partition('/')[2]!r}", param="program_id")
+            raise not_found(f"no live program {key.partition('/')[2]!r}"
+                            + self._namespaced_hint(key), param="program_id")
         if view is not None and view.status != Status.TERMINATED:
             self.apply(self.scheduler.on_release(key, self.now()))
         if reason == "released":
@@ -279,6 +280,17 @@ class SchedulerRuntime:
         ended = self._terminate(key, reason)
         assert ended is not None or program is None
         return ended or program  # type: ignore[return-value]
+
+    def _namespaced_hint(self, key: str) -> str:
+        """For a bare id that a gateway namespaced (``"<team>:<id>"``), the ids it became."""
+        tenant, _, program_id = key.partition("/")
+        near = sorted(p.program_id for p in self.registry.live.values()
+                      if p.tenant == tenant and p.program_id.endswith(":" + program_id))[:3]
+        if not near:
+            return ""
+        return (f"; live programs named like it: {', '.join(near)} (a LiteLLM proxy prefixes "
+                "ids with the caller's team or key; through the proxy, send metadata "
+                '{"end_session": true} on the last call to release it)')
 
     async def finish_reclaim(self, key: str, timeout_s: float) -> tuple[bool, Any]:
         """Wait (at most ``timeout_s``) for the environment reclaim a termination started.
