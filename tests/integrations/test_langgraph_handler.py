@@ -76,6 +76,8 @@ def test_sync_graph_tags_every_call_and_releases(stack: Stack, program_id: str) 
     state = graph.invoke({"messages": [("user", TASK)]},
                          {"configurable": {"thread_id": program_id}, "callbacks": [handler]})
     assert model_calls(state) >= 3
+    assert stack.program(program_id)["terminated_reason"] is None  # a thread is kept
+    handler.release(program_id)  # the end of the conversation
     seen = stack.program(program_id)
     assert seen["summary"]["steps"] == model_calls(state)
     assert seen["terminated_reason"] == "released"
@@ -99,7 +101,7 @@ async def test_async_streaming_graph_with_explicit_program_id(stack: Stack,
 
 
 async def test_two_threads_of_one_graph_are_two_programs(stack: Stack, program_id: str) -> None:
-    handler = ThunderCallbackHandler(stack.url)
+    handler = ThunderCallbackHandler(stack.url, release_on_end=True)
     graph = build_graph(model_for(stack))
     threads = [f"{program_id}-x", f"{program_id}-y"]
     states = await asyncio.gather(*(

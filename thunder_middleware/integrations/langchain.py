@@ -78,6 +78,21 @@ def _from_context(context: Any, key: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _thread_is_persisted() -> bool:
+    """Whether the running graph has a checkpointer, so its thread outlives the invoke.
+
+    Read from the run's config under LangGraph's ``CONFIG_KEY_CHECKPOINTER`` (a private
+    constant, ``"__pregel_checkpointer"`` in langgraph 1.2); ``execution_info.thread_id`` is
+    set from the config with or without one, so it cannot tell."""
+    from langgraph.config import get_config
+
+    try:
+        configurable = get_config().get("configurable") or {}
+    except RuntimeError:  # not inside a graph run
+        return False
+    return configurable.get("__pregel_checkpointer") is not None
+
+
 def program_id_of_runtime(runtime: Any, context_key: str = "program_id") -> str | None:
     """Run context first (explicit beats implicit), then the thread id, from either a
     graph ``Runtime`` (``execution_info``) or a tool's ``ToolRuntime`` (``config``)."""
@@ -327,9 +342,7 @@ class ThunderMiddleware(AgentMiddleware[ThunderState, Any]):
         if self.program_id or _from_context(getattr(runtime, "context", None),
                                             self.context_key):
             return True
-        # LangGraph sets execution_info.thread_id only when a checkpointer persists the thread
-        info = getattr(runtime, "execution_info", None)
-        return not getattr(info, "thread_id", None)
+        return not _thread_is_persisted()
 
     def after_agent(self, state: ThunderState, runtime: Any) -> dict[str, Any] | None:
         if self._release_at_end(runtime):
