@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
@@ -67,6 +68,7 @@ from thunder_middleware.integrations.tagging import (
 )
 
 log = logging.getLogger(__name__)
+_sync_warning = threading.Event()
 
 __all__ = [
     "StreamedToolCalls",
@@ -176,7 +178,6 @@ class ThunderLiteLLMCallback(CustomLogger):
         self.preset = preset
         self._registered: OrderedDict[str, None] = OrderedDict()  # environment declared
         self._sidecar_of: OrderedDict[str, str] = OrderedDict()  # where a program's calls went
-        self._sync_warned = False
 
     def program_id_for(self, kwargs: Mapping[str, Any]) -> str | None:
         extra = kwargs.get("extra_body")
@@ -212,15 +213,15 @@ class ThunderLiteLLMCallback(CustomLogger):
 
     def log_pre_api_call(self, model: Any, messages: Any, kwargs: dict[str, Any]) -> None:
         """Runs on the sync path too, where nothing can tag the request: warn once."""
-        if self._sync_warned or kwargs.get("call_type") != "completion":
+        if _sync_warning.is_set() or kwargs.get("call_type") != "completion":
             return
         optional = kwargs.get("optional_params")
         extra = optional.get("extra_body") if isinstance(optional, Mapping) else None
         if isinstance(extra, Mapping) and extra.get(PROGRAM_ID_FIELD):
             return  # tagged by the completion() wrapper
         named = program_id_of_kwargs(kwargs) or self.default_program_id
-        if named:
-            self._sync_warned = True
+        if named and not _sync_warning.is_set():
+            _sync_warning.set()  # once per process: LiteLLM calls this on copies of the logger
             log.warning(
                 "litellm.completion (sync) cannot be tagged by ThunderLiteLLMCallback: the "
                 "call of program %r reaches the sidecar as an anonymous request. Use "
