@@ -211,6 +211,9 @@ def serve(
     )
     for chatty in ("httpx", "httpcore"):  # a line per backend scrape is noise at INFO
         logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
+    logging.getLogger(__name__).info(
+        "sidecar listening on http://%s:%d (OpenAI base http://%s:%d/v1), backends: %s",
+        settings.host, settings.port, settings.host, settings.port, ", ".join(settings.backends))
     from thunder_middleware.sidecar.environments import ProviderUnavailable
     from thunder_middleware.store import StoreError
 
