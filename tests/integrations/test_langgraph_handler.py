@@ -156,3 +156,14 @@ def test_handler_tool_intent_precedes_the_tools_node(stack: Stack, program_id: s
     started, environments = observed[0]
     live = live_environments(environments)
     assert live and live[0]["created_at"] < started
+
+
+def test_handler_preset_gives_the_program_an_environment(stack: Stack, program_id: str) -> None:
+    handler = ThunderCallbackHandler(preset="local-shell")  # follows the model to its sidecar
+    graph = build_graph(model_for(stack))
+    graph.invoke({"messages": [("user", TASK)]},
+                 {"configurable": {"thread_id": program_id}, "callbacks": [handler]})
+    environments = stack.program(program_id)["environments"]
+    assert environments and environments[0]["provider"] == "local"
+    handler.release(program_id)
+    assert stack.program(program_id)["terminated_reason"] == "released"

@@ -198,3 +198,21 @@ def test_releasing_the_bare_id_names_the_namespaced_one(stack: Stack, openai_cli
     assert answer.status_code == 404
     message = answer.json()["error"]["message"]
     assert key in message and "end_session" in message
+
+
+async def test_proxy_hook_preset_declares_each_program_environment(stack: Stack,
+                                                                   program_id: str) -> None:
+    """``preset=`` (THUNDER_PROXY_PRESET in the shipped callback module) on the hook the
+    proxy runs: the namespaced program gets its environment at its first call."""
+    from litellm.proxy._types import UserAPIKeyAuth
+
+    from thunder_middleware.integrations.litellm_proxy import ThunderProxyHook
+
+    hook = ThunderProxyHook(stack.url, preset="local-shell")
+    data: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+                            "metadata": {"session_id": program_id}}
+    await hook.async_pre_call_hook(UserAPIKeyAuth(team_id="team-a"), None, data, "completion")
+    assert data["extra_body"]["program_id"] == f"team-a:{program_id}"
+    environments = stack.program(f"team-a:{program_id}")["environments"]
+    assert environments and environments[0]["provider"] == "local"
+    stack.client.release(f"team-a:{program_id}")
