@@ -91,12 +91,31 @@ def test_serve_help_is_readable_at_80_columns_and_names_the_variables() -> None:
 
 def test_an_integration_pointed_at_the_engine_warns_once(
         caplog: pytest.LogCaptureFixture) -> None:
+    """A create_agent whose model points at the engine, not the sidecar: one clear warning
+    naming the URL, none per tool call or release, and the agent still runs."""
+    from langchain.agents import create_agent
+    from langchain_core.tools import tool
+    from langchain_openai import ChatOpenAI
+
+    from thunder_middleware.integrations.langchain import ThunderMiddleware
+
+    @tool
+    def grep(pattern: str) -> str:
+        """Search the repository."""
+        return "utils.py:3: def helper():"
+
     caplog.set_level(logging.WARNING)
     with twin(time_scale=200.0) as engine:
+        llm = ChatOpenAI(model="qwen3-8b", base_url=engine.url + "/v1",  # type: ignore[arg-type]
+                         api_key="EMPTY", max_tokens=512)
+        agent = create_agent(llm, [grep], middleware=[ThunderMiddleware()])
+        for _ in range(2):
+            state = agent.invoke({"messages": [{"role": "user", "content": "Find helper."}]},
+                                 context={"program_id": f"task-{free_port()}"})
+            assert any(getattr(m, "tool_calls", None) for m in state["messages"])
         client = ThunderClient(engine.url + "/v1", attempts=1)
-        for _ in range(3):
-            client.release(f"task-{free_port()}")
+        assert client.release("task-1") is None
         client.close()
-    warned = [r.getMessage() for r in caplog.records if "not a thunder-middleware sidecar"
-              in r.getMessage()]
-    assert len(warned) == 1 and engine.url in warned[0]
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("thunder_middleware")]
+    assert len(ours) == 1, ours
+    assert "not a thunder-middleware sidecar" in ours[0] and engine.url in ours[0]

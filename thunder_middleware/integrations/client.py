@@ -39,6 +39,7 @@ from thunder_middleware.integrations.control_api import (
     first_check,
     format_exec_result,
     program_list,
+    refuse_if_not_sidecar,
     warn_unless_sidecar,
 )
 
@@ -119,6 +120,8 @@ class ThunderClient:
 
     def _send(self, call: Call, timeout_s: float | None = None) -> Any:
         self._check_once()
+        if refuse_if_not_sidecar(self.settings.base_url, call):
+            return None
         for attempt in Retrying(**self.settings.retry_kwargs(call)):
             with attempt:
                 response = self._http.request(call.method, call.path, json=call.body,
@@ -219,6 +222,8 @@ class AsyncThunderClient:
 
     async def _send(self, call: Call, timeout_s: float | None = None) -> Any:
         await self._check_once()
+        if refuse_if_not_sidecar(self.settings.base_url, call):
+            return None
         async for attempt in AsyncRetrying(**self.settings.retry_kwargs(call)):
             with attempt:
                 response = await self._client().request(

@@ -51,6 +51,7 @@ from thunder_middleware.integrations.client import (
     control_url,
     format_exec_result,
 )
+from thunder_middleware.integrations.control_api import not_delivered
 from thunder_middleware.integrations.tagging import (
     tool_intents,
     with_program_body,
@@ -257,7 +258,7 @@ class ThunderMiddleware(AgentMiddleware[ThunderState, Any]):
             try:
                 self.client.tool_intent(program_id, intents)
             except Exception as exc:  # readiness is an optimisation, never a failure
-                log.warning("tool intent for %s not delivered: %r", program_id, exc)
+                not_delivered(f"tool intent for {program_id}", exc)
         return None
 
     async def aafter_model(self, state: ThunderState, runtime: Any) -> dict[str, Any] | None:
@@ -267,7 +268,7 @@ class ThunderMiddleware(AgentMiddleware[ThunderState, Any]):
             try:
                 await self.async_client.tool_intent(program_id, intents)
             except Exception as exc:
-                log.warning("tool intent for %s not delivered: %r", program_id, exc)
+                not_delivered(f"tool intent for {program_id}", exc)
         return None
 
     # -- tool calls -----------------------------------------------------------------------
@@ -324,7 +325,7 @@ class ThunderMiddleware(AgentMiddleware[ThunderState, Any]):
         try:
             self.client.release(program_id)
         except Exception as exc:  # the original error matters more; idle timeout reaps
-            log.warning("release of %s after failure not delivered: %r", program_id, exc)
+            not_delivered(f"release of {program_id} after failure", exc)
 
     async def _arelease_after_failure(self, state: Any, runtime: Any) -> None:
         program_id = self.resolve_program_id(state if isinstance(state, Mapping) else None,
@@ -332,7 +333,7 @@ class ThunderMiddleware(AgentMiddleware[ThunderState, Any]):
         try:
             await self.async_client.release(program_id)
         except Exception as exc:
-            log.warning("release of %s after failure not delivered: %r", program_id, exc)
+            not_delivered(f"release of {program_id} after failure", exc)
 
     def _release_at_end(self, runtime: Any) -> bool:
         """Explicit ``release_on_end``, else: keep a checkpointed thread's program (a

@@ -36,6 +36,7 @@ from langchain_core.outputs import ChatGeneration, LLMResult
 from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig, RunnableLambda
 
 from thunder_middleware.integrations.client import ThunderClient, control_url
+from thunder_middleware.integrations.control_api import not_delivered
 from thunder_middleware.integrations.tagging import (
     program_id_from_metadata,
     tool_intents,
@@ -183,7 +184,7 @@ class ThunderCallbackHandler(BaseCallbackHandler):
         try:
             self.client.register(program_id, environment=self.environment, preset=self.preset)
         except Exception as exc:  # the run still works; its tools run without readiness
-            log.warning("environment of %s not declared: %r", program_id, exc)
+            not_delivered(f"environment declaration of {program_id}", exc)
 
     def release(self, program_id: str) -> dict[str, Any] | None:
         """End a conversation (or any program): release ``program_id`` (its thread id) now.
@@ -213,7 +214,7 @@ class ThunderCallbackHandler(BaseCallbackHandler):
             try:
                 self.client.tool_intent(program_id, intents)
             except Exception as exc:  # readiness is an optimisation, never a failure
-                log.warning("tool intent for %s not delivered: %r", program_id, exc)
+                not_delivered(f"tool intent for {program_id}", exc)
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         with self._lock:
@@ -234,7 +235,7 @@ class ThunderCallbackHandler(BaseCallbackHandler):
             try:
                 self.release(program_id)
             except Exception as exc:  # the sidecar's idle timeout is the safety net
-                log.warning("release of %s not delivered: %r", program_id, exc)
+                not_delivered(f"release of {program_id}", exc)
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
         self._finish(run_id, failed=False)

@@ -53,6 +53,7 @@ from thunder_middleware.integrations.client import (
     ToolIntent,
     control_url,
 )
+from thunder_middleware.integrations.control_api import not_delivered
 from thunder_middleware.integrations.tagging import (
     PROGRAM_ID_FIELD,
     SESSION_ID_HEADER,
@@ -209,7 +210,7 @@ class ThunderLiteLLMCallback(CustomLogger):
             await self.client_for(kwargs).register(program_id, environment=self.environment,
                                                    preset=self.preset)
         except Exception as exc:  # the call still works; its tools run without readiness
-            log.warning("environment of %s not declared: %r", program_id, exc)
+            not_delivered(f"environment declaration of {program_id}", exc)
 
     def log_pre_api_call(self, model: Any, messages: Any, kwargs: dict[str, Any]) -> None:
         """Runs on the sync path too, where nothing can tag the request: warn once."""
@@ -282,7 +283,7 @@ class ThunderLiteLLMCallback(CustomLogger):
         try:
             await client.release(full_id)
         except Exception as exc:
-            log.warning("release of program %s failed: %r", full_id, exc)
+            not_delivered(f"release of program {full_id}", exc)
 
     def client_for(self, kwargs: Mapping[str, Any]) -> AsyncThunderClient:
         base = sidecar_of_call(kwargs)
@@ -334,7 +335,7 @@ async def _announce_async(client: AsyncThunderClient, program_id: str,
     try:
         await client.tool_intent(program_id, intents)
     except Exception as exc:  # the agent still works; its environment is readied later
-        log.warning("tool intent for %s not delivered: %r", program_id, exc)
+        not_delivered(f"tool intent for {program_id}", exc)
 
 
 def sidecar_of_call(kwargs: Mapping[str, Any]) -> str | None:
@@ -359,7 +360,7 @@ def _announce_sync(client: ThunderClient, program_id: str, intents: list[ToolInt
     try:
         client.tool_intent(program_id, intents)
     except Exception as exc:
-        log.warning("tool intent for %s not delivered: %r", program_id, exc)
+        not_delivered(f"tool intent for {program_id}", exc)
 
 
 def _stream_with_intent(stream: Any, client: ThunderClient, program_id: str) -> Iterator[Any]:
@@ -405,7 +406,7 @@ def completion(*, sidecar_url: str | None = None, client: ThunderClient | None =
         try:
             thunder.release(program_id)
         except Exception as exc:  # the idle timeout is the backstop
-            log.warning("release of program %s failed: %r", program_id, exc)
+            not_delivered(f"release of program {program_id}", exc)
     return response
 
 

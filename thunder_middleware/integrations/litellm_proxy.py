@@ -30,6 +30,7 @@ from typing import Any
 from litellm.integrations.custom_logger import CustomLogger
 
 from thunder_middleware.integrations.client import AsyncThunderClient, ToolIntent
+from thunder_middleware.integrations.control_api import not_delivered
 from thunder_middleware.integrations.litellm import StreamedToolCalls
 from thunder_middleware.integrations.tagging import (
     PROGRAM_ID_FIELD,
@@ -127,7 +128,7 @@ class ThunderProxyHook(CustomLogger):
             await self.client.register(program_id, environment=self.environment,
                                        preset=self.preset)
         except Exception as exc:  # the call still works; its tools run without readiness
-            log.warning("environment of %s not declared: %r", program_id, exc)
+            not_delivered(f"environment declaration of {program_id}", exc)
 
     async def _end_if_asked(self, data: Mapping[str, Any]) -> None:
         program_id = _tagged_program(data)
@@ -135,7 +136,7 @@ class ThunderProxyHook(CustomLogger):
             try:
                 await self.client.release(program_id)
             except Exception as exc:  # the sidecar's idle timeout is the backstop
-                log.warning("release of %s not delivered: %r", program_id, exc)
+                not_delivered(f"release of {program_id}", exc)
 
     async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict[str, Any],
                                   call_type: Any) -> dict[str, Any] | None:
@@ -155,7 +156,7 @@ class ThunderProxyHook(CustomLogger):
         try:
             await self.client.tool_intent(program_id, intents)
         except Exception as exc:  # readiness is an optimisation, never a failure
-            log.warning("tool intent for %s not delivered: %r", program_id, exc)
+            not_delivered(f"tool intent for {program_id}", exc)
 
     async def async_post_call_success_hook(self, data: dict[str, Any], user_api_key_dict: Any,
                                            response: Any) -> Any:
