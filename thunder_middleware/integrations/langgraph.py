@@ -131,8 +131,8 @@ class ThunderCallbackHandler(BaseCallbackHandler):
         self.preset = preset
         self._programs: dict[UUID, str] = {}
         self._roots: set[UUID] = set()
-        self._threads: set[str] = set()  # live programs named by a thread id (conversations)
-        self._declared: set[str] = set()  # programs whose environment was declared
+        self._threads: set[str] = set()  # running programs named by a thread id
+        self._declared: set[str] = set()  # running programs whose environment was declared
         self._lock = threading.Lock()
         self.released: list[str] = []  # what this handler released, in order (observability)
 
@@ -226,6 +226,11 @@ class ThunderCallbackHandler(BaseCallbackHandler):
             is_root = run_id in self._roots
             self._roots.discard(run_id)
             conversation = program_id in self._threads
+            if is_root and program_id:
+                # per run only, so nothing here grows with the number of conversations kept
+                # (the next invoke of a thread marks it again; re-declaring is idempotent)
+                self._threads.discard(program_id)
+                self._declared.discard(program_id)
         if not (is_root and program_id):
             return
         release = self.release_on_end
