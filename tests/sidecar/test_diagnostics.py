@@ -40,13 +40,16 @@ def test_a_dead_backend_is_named_with_its_cause_in_the_log_and_the_503() -> None
         error = answer.json()["error"]
         assert error["code"] == "no_healthy_backend"
         assert dead in error["message"] and "nothing listening" in error["message"]
+        (backend,) = httpx.get(server.url + "/health").json()["backends"]
+        assert backend["healthy"] is False and "nothing listening" in backend["reason"]
 
 
 def test_a_healthy_backend_is_logged_at_info_and_v1_is_accepted() -> None:
     with twin(time_scale=200.0) as engine, \
             sidecar([engine.url + "/v1"], "--env-provider", "none") as server:
         health = httpx.get(server.url + "/health").json()
-        assert [(b["url"], b["healthy"]) for b in health["backends"]] == [(engine.url, True)]
+        assert [(b["url"], b["healthy"], b["reason"]) for b in health["backends"]] == [
+            (engine.url, True, None)]
         healthy = log_lines(server, f"backend {engine.url} healthy")
         assert len(healthy) == 1 and " INFO " in healthy[0]
         assert httpx.post(server.url + "/v1/chat/completions",

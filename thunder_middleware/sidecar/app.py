@@ -145,6 +145,7 @@ def create_app(
     async def health(request: Request) -> JSONResponse:
         """200 while the sidecar runs (liveness); ``status`` says whether work can flow."""
         views = {view.name: view for view in runtime.scheduler.backend_views(runtime.now())}
+        down = pool.down_reasons()
         backends: list[dict[str, Any]] = []
         for url in pool.urls:
             backend = pool.backends.get(url)
@@ -153,6 +154,7 @@ def create_app(
                 "url": url,
                 "kind": backend.kind if backend else None,
                 "healthy": pool.is_healthy(url),
+                "reason": down.get(url),  # why it is down (None when healthy)
                 "capacity_tokens": view.capacity_tokens if view else None,
                 "demand_tokens": round(view.demand, 1) if view else None,
                 "programs": view.programs if view else 0,
