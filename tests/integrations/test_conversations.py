@@ -84,12 +84,19 @@ async def test_create_agent_thread_is_one_program_across_invokes(stack: Stack,
     assert stack.program(program_id)["terminated_reason"] == "released"
 
 
-def test_without_checkpointer_the_program_lives_for_one_invoke(stack: Stack,
-                                                               program_id: str) -> None:
+def test_without_checkpointer_each_invoke_is_released_and_history_kept(
+        stack: Stack, program_id: str) -> None:
+    """No checkpointer: nothing of the thread survives an invoke, so neither does its
+    program; a later invoke on the same thread id adds to the same timeline."""
     agent = create_agent(chat_model(stack), [grep], middleware=[ThunderMiddleware()])
-    agent.invoke({"messages": [{"role": "user", "content": FIRST}]},
-                 {"configurable": {"thread_id": program_id}})
+    first = agent.invoke({"messages": [{"role": "user", "content": FIRST}]},
+                         {"configurable": {"thread_id": program_id}})
     assert stack.program(program_id)["terminated_reason"] == "released"
+    second = agent.invoke({"messages": [{"role": "user", "content": SECOND}]},
+                          {"configurable": {"thread_id": program_id}})
+    seen = stack.program(program_id)
+    assert seen["terminated_reason"] == "released"
+    assert seen["summary"]["steps"] == model_calls(first) + model_calls(second)
 
 
 def test_an_id_used_again_after_release_keeps_its_history(stack: Stack,
