@@ -11,7 +11,7 @@ import typer
 
 from thunder_middleware.demo import demo
 from thunder_middleware.security.cli import keys
-from thunder_middleware.sidecar.cli import serve
+from thunder_middleware.sidecar.cli import PlainHelpCommand, serve
 from thunder_middleware.trace_cli import trace_app
 from thunder_middleware.twin.cli import sim
 
@@ -22,7 +22,8 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command("sim", help="Run the engine twin: a vLLM replica stand-in.")(sim)
-app.command("serve", help="Run the program-aware sidecar in front of vLLM backends.")(serve)
+app.command("serve", help="Run the program-aware sidecar in front of vLLM backends.",
+            cls=PlainHelpCommand)(serve)
 app.command("demo", help="Twin + sidecar + agent fleet, side by side with plain vLLM.")(demo)
 app.command("keys", help="API keys: `keys new` makes one, `keys hash` hashes one.")(keys)
 app.add_typer(trace_app, name="trace", help="Workload traces: `trace save`, `trace show`.")

@@ -54,7 +54,8 @@ def chat_model(stack: Stack, **options: Any) -> ChatOpenAI:
 def agent_for(stack: Stack, tools: list[Any] | None = None, *, checkpointer: Any = None,
               **model_options: Any) -> Any:
     return create_agent(chat_model(stack, **model_options), tools or [run_shell, read_file],
-                        middleware=[ThunderMiddleware(stack.url)], checkpointer=checkpointer)
+                        middleware=[ThunderMiddleware(stack.url, release_on_end=True)],
+                        checkpointer=checkpointer)
 
 
 def ai_messages(state: dict[str, Any]) -> list[AIMessage]:
@@ -74,11 +75,15 @@ def assert_every_call_seen_and_released(stack: Stack, program_id: str,
 
 def test_sync_agent_every_call_tagged_with_thread_id_and_released(stack: Stack,
                                                                   program_id: str) -> None:
-    """The one-line form: no URL, the middleware follows the model to its sidecar."""
+    """The one-line form: no URL, the middleware follows the model to its sidecar. The
+    checkpointed thread is a conversation: kept after the invoke, ended by release()."""
+    middleware = ThunderMiddleware()
     agent = create_agent(chat_model(stack), [run_shell, read_file],
-                         middleware=[ThunderMiddleware()], checkpointer=InMemorySaver())
+                         middleware=[middleware], checkpointer=InMemorySaver())
     state = agent.invoke({"messages": [{"role": "user", "content": TASK}]},
                          {"configurable": {"thread_id": program_id}})
+    assert stack.program(program_id)["terminated_reason"] is None
+    middleware.release(program_id)
     assert_every_call_seen_and_released(stack, program_id, state)
 
 
@@ -192,7 +197,8 @@ def test_exec_tools_run_in_the_program_environment(stack: Stack, program_id: str
 
     # No URL: the environment is registered at the first model call, once the model has
     # shown where the sidecar is; exec would fail with "no environment" otherwise.
-    middleware = ThunderMiddleware(exec_tools={"shell": "command"}, preset="local-shell")
+    middleware = ThunderMiddleware(exec_tools={"shell": "command"}, preset="local-shell",
+                                   release_on_end=True)
     agent = create_agent(chat_model(stack), [shell], middleware=[middleware],
                          checkpointer=InMemorySaver())
     state = agent.invoke({"messages": [{"role": "user", "content": TASK}]},

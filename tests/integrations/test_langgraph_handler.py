@@ -76,6 +76,8 @@ def test_sync_graph_tags_every_call_and_releases(stack: Stack, program_id: str) 
     state = graph.invoke({"messages": [("user", TASK)]},
                          {"configurable": {"thread_id": program_id}, "callbacks": [handler]})
     assert model_calls(state) >= 3
+    assert stack.program(program_id)["terminated_reason"] is None  # a thread is kept
+    handler.release(program_id)  # the end of the conversation
     seen = stack.program(program_id)
     assert seen["summary"]["steps"] == model_calls(state)
     assert seen["terminated_reason"] == "released"
@@ -99,7 +101,7 @@ async def test_async_streaming_graph_with_explicit_program_id(stack: Stack,
 
 
 async def test_two_threads_of_one_graph_are_two_programs(stack: Stack, program_id: str) -> None:
-    handler = ThunderCallbackHandler(stack.url)
+    handler = ThunderCallbackHandler(stack.url, release_on_end=True)
     graph = build_graph(model_for(stack))
     threads = [f"{program_id}-x", f"{program_id}-y"]
     states = await asyncio.gather(*(
@@ -154,3 +156,14 @@ def test_handler_tool_intent_precedes_the_tools_node(stack: Stack, program_id: s
     started, environments = observed[0]
     live = live_environments(environments)
     assert live and live[0]["created_at"] < started
+
+
+def test_handler_preset_gives_the_program_an_environment(stack: Stack, program_id: str) -> None:
+    handler = ThunderCallbackHandler(preset="local-shell")  # follows the model to its sidecar
+    graph = build_graph(model_for(stack))
+    graph.invoke({"messages": [("user", TASK)]},
+                 {"configurable": {"thread_id": program_id}, "callbacks": [handler]})
+    environments = stack.program(program_id)["environments"]
+    assert environments and environments[0]["provider"] == "local"
+    handler.release(program_id)
+    assert stack.program(program_id)["terminated_reason"] == "released"

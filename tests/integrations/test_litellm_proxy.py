@@ -100,7 +100,8 @@ def chat(client: OpenAI, content: str, **options: Any) -> Any:
                                           **options)
 
 
-@pytest.mark.parametrize("where", ["metadata", "body", "header", "session"])
+@pytest.mark.parametrize("where", ["metadata", "body", "header", "session", "session-metadata",
+                                   "session-header"])
 def test_program_identity_from_each_source(stack: Stack, openai_client: OpenAI, where: str,
                                            program_id: str) -> None:
     options: dict[str, Any] = {
@@ -108,6 +109,8 @@ def test_program_identity_from_each_source(stack: Stack, openai_client: OpenAI, 
         "body": {"extra_body": {"program_id": program_id}},
         "header": {"extra_headers": {"X-Program-Id": program_id}},
         "session": {"extra_body": {"litellm_session_id": program_id}},
+        "session-metadata": {"extra_body": {"metadata": {"session_id": program_id}}},
+        "session-header": {"extra_headers": {"x-litellm-session-id": program_id}},
     }[where]
     chat(openai_client, f"hello {where}", **options)
     key = scoped(stack, program_id)
@@ -168,3 +171,48 @@ def test_tool_intent_arrives_before_the_caller_sees_the_tool_call(
         assert response.choices[0].message.tool_calls  # type: ignore[union-attr]
     live = [e for e in stack.program(key)["environments"] if e["state"] in ("preparing", "ready")]
     assert live, "the proxy callback should have announced the tool call to the sidecar"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+def test_end_session_releases_without_knowing_the_namespace(
+        stack: Stack, openai_client: OpenAI, program_id: str, stream: bool) -> None:
+    """The caller never learns its key hash: ``end_session`` on the last call of the session
+    makes the proxy hook release the namespaced program once the call is answered."""
+    chat(openai_client, "first turn", extra_body={"metadata": {"session_id": program_id}})
+    key = scoped(stack, program_id)
+    assert stack.program(key)["terminated_reason"] is None
+    last = chat(openai_client, "last turn", stream=stream,
+                extra_body={"metadata": {"session_id": program_id, "end_session": True}})
+    if stream:
+        list(last)
+    seen = stack.program(key)
+    assert seen["terminated_reason"] == "released"
+    assert seen["summary"]["steps"] == 2
+
+
+def test_releasing_the_bare_id_names_the_namespaced_one(stack: Stack, openai_client: OpenAI,
+                                                        program_id: str) -> None:
+    chat(openai_client, "hello", extra_headers={"X-Program-Id": program_id})
+    key = scoped(stack, program_id)
+    answer = httpx.post(stack.url + "/programs/release", json={"program_id": program_id})
+    assert answer.status_code == 404
+    message = answer.json()["error"]["message"]
+    assert key in message and "end_session" in message
+
+
+async def test_proxy_hook_preset_declares_each_program_environment(stack: Stack,
+                                                                   program_id: str) -> None:
+    """``preset=`` (THUNDER_PROXY_PRESET in the shipped callback module) on the hook the
+    proxy runs: the namespaced program gets its environment at its first call."""
+    from litellm.proxy._types import UserAPIKeyAuth
+
+    from thunder_middleware.integrations.litellm_proxy import ThunderProxyHook
+
+    hook = ThunderProxyHook(stack.url, preset="local-shell")
+    data: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+                            "metadata": {"session_id": program_id}}
+    await hook.async_pre_call_hook(UserAPIKeyAuth(team_id="team-a"), None, data, "completion")
+    assert data["extra_body"]["program_id"] == f"team-a:{program_id}"
+    environments = stack.program(f"team-a:{program_id}")["environments"]
+    assert environments and environments[0]["provider"] == "local"
+    stack.client.release(f"team-a:{program_id}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -146,11 +147,83 @@ def test_sync_streaming_through_wrapper(stack: Stack, program_id: str) -> None:
     assert stack.program(program_id)["timeline"][0]["stream"] is True
 
 
-def test_plain_sync_completion_is_not_tagged_by_the_callback(stack: Stack,
-                                                             program_id: str) -> None:
-    """Why the wrapper exists: litellm 1.110 runs no deployment hook on the sync path."""
-    litellm.completion(**request(stack, program_id, task(program_id)))
+def test_plain_sync_completion_warns_once_that_it_is_not_tagged(
+        stack: Stack, program_id: str, callback: ThunderLiteLLMCallback,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Why the wrapper exists: litellm 1.110 runs no hook on the sync path that can change
+    the request, so the callback says so at the first such call, once."""
+    caplog.set_level(logging.WARNING)
+    thunder_litellm._sync_warning.clear()  # another test in this process may have warned
+    for _ in range(2):
+        litellm.completion(**request(stack, program_id, task(program_id)))
     assert program_id not in stack.program_ids()
+    warned = [r for r in caplog.records if "cannot be tagged" in r.getMessage()]
+    assert len(warned) == 1 and program_id in warned[0].getMessage()
+    assert "integrations.litellm.completion" in warned[0].getMessage()
+    caplog.clear()
+    thunder_litellm.completion(**request(stack, program_id, task(program_id)))
+    assert stack.steps(program_id) == 1  # the wrapper tags it, and no warning for it
+    assert not [r for r in caplog.records if "cannot be tagged" in r.getMessage()]
+
+
+def session_request(stack: Stack, where: str, session: str) -> dict[str, Any]:
+    kwargs = request(stack, session, task(session))
+    del kwargs["metadata"]
+    kwargs.update({
+        "metadata": {"metadata": {"session_id": session}},
+        "param": {"litellm_session_id": session},
+        "header": {"extra_headers": {"x-litellm-session-id": session}},
+    }[where])
+    return kwargs
+
+
+@pytest.mark.parametrize("where", ["metadata", "param", "header"])
+async def test_litellm_session_conventions_name_the_program(stack: Stack, program_id: str,
+                                                            where: str) -> None:
+    """metadata.session_id, litellm_session_id and the x-litellm-session-id header, as the
+    proxy accepts them, name the program in the SDK too."""
+    await litellm.acompletion(**session_request(stack, where, program_id))
+    await litellm.acompletion(**session_request(stack, where, program_id))
+    assert stack.steps(program_id) == 2
+
+
+def test_session_conventions_in_the_sync_wrapper(stack: Stack, program_id: str) -> None:
+    thunder_litellm.completion(**session_request(stack, "metadata", program_id))
+    assert stack.steps(program_id) == 1
+
+
+async def test_router_session_ends_with_end_session(stack: Stack, program_id: str) -> None:
+    """A Router with two deployments: every call of the session is one program, and the
+    session's last call (metadata end_session) releases it once answered."""
+    deployment = {"model": f"openai/{MODEL}", "api_base": stack.openai_base, "api_key": "EMPTY"}
+    router = litellm.Router(model_list=[{"model_name": "agent", "litellm_params": deployment},
+                                        {"model_name": "agent", "litellm_params": deployment}])
+    for last in (False, False, True):
+        metadata: dict[str, Any] = {"session_id": program_id}
+        if last:
+            metadata["end_session"] = True
+        await router.acompletion(model="agent", messages=task(program_id), max_tokens=32,
+                                 metadata=metadata)
+        seen = stack.program(program_id)
+        assert seen["terminated_reason"] == ("released" if last else None)
+    assert seen["summary"]["steps"] == 3
+
+
+async def test_callback_release_ends_a_session(stack: Stack, program_id: str,
+                                               callback: ThunderLiteLLMCallback) -> None:
+    await litellm.acompletion(**session_request(stack, "param", program_id))
+    assert stack.program(program_id)["terminated_reason"] is None
+    released = await callback.arelease(program_id)
+    assert released is not None and released["terminated_reason"] == "released"
+    assert callback.release(program_id) is None  # nothing live left: None, not an error
+
+
+async def test_preset_option_gives_each_session_an_environment(stack: Stack,
+                                                               program_id: str) -> None:
+    litellm.callbacks = [ThunderLiteLLMCallback(preset="local-shell")]
+    await litellm.acompletion(**session_request(stack, "metadata", program_id))
+    environments = stack.program(program_id)["environments"]
+    assert environments and environments[0]["program_id"] == program_id
 
 
 async def test_existing_extra_body_survives(stack: Stack, program_id: str) -> None:

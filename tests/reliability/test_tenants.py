@@ -168,11 +168,12 @@ def test_registration_with_an_environment_is_capped_and_leaves_nothing(
             assert client.post("/programs/release", json={"program_id": name}
                                ).status_code == 200
     with httpx.Client(base_url=server.url, timeout=30, headers=_as(ALICE)) as client:
-        # a tool intent for a program with no environment is a 404 that registers nothing
+        # a tool intent for a program never seen (and no environment) is a 404 that
+        # registers nothing
         intent = client.post("/programs/intent-ghost/tool-intent",
                              json={"tools": [{"name": "shell"}]})
         assert intent.status_code == 404, intent.text
-        assert intent.json()["error"]["code"] == "environment_not_declared"
+        assert intent.json()["error"]["code"] == "not_found"
         nothing_left(client, "intent-ghost")
     wait_until(lambda: not any(envs.iterdir()), timeout=20, what="environments reclaimed")
 

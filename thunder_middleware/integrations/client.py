@@ -36,8 +36,11 @@ from thunder_middleware.integrations.control_api import (
     decode,
     default_sidecar_url,
     env_handle,
+    first_check,
     format_exec_result,
     program_list,
+    refuse_if_not_sidecar,
+    warn_unless_sidecar,
 )
 
 __all__ = [
@@ -107,7 +110,18 @@ class ThunderClient:
     def base_url(self) -> str:
         return self.settings.base_url
 
+    def _check_once(self) -> None:
+        if first_check(self.settings.base_url):
+            try:
+                response: httpx.Response | None = self._http.get("/health", timeout=5.0)
+            except httpx.HTTPError:
+                response = None
+            warn_unless_sidecar(self.settings.base_url, response)
+
     def _send(self, call: Call, timeout_s: float | None = None) -> Any:
+        self._check_once()
+        if refuse_if_not_sidecar(self.settings.base_url, call):
+            return None
         for attempt in Retrying(**self.settings.retry_kwargs(call)):
             with attempt:
                 response = self._http.request(call.method, call.path, json=call.body,
@@ -197,7 +211,19 @@ class AsyncThunderClient:
                                            timeout=self.settings.timeout_s)
         return self._http
 
+    async def _check_once(self) -> None:
+        if first_check(self.settings.base_url):
+            try:
+                response: httpx.Response | None = await self._client().get("/health",
+                                                                           timeout=5.0)
+            except httpx.HTTPError:
+                response = None
+            warn_unless_sidecar(self.settings.base_url, response)
+
     async def _send(self, call: Call, timeout_s: float | None = None) -> Any:
+        await self._check_once()
+        if refuse_if_not_sidecar(self.settings.base_url, call):
+            return None
         async for attempt in AsyncRetrying(**self.settings.retry_kwargs(call)):
             with attempt:
                 response = await self._client().request(

@@ -6,7 +6,9 @@ description of every call and cannot drift apart.
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +17,8 @@ from urllib.parse import quote
 import httpx
 
 from thunder_middleware.tools.handles import EnvHandle, ExecResult
+
+log = logging.getLogger("thunder_middleware.integrations")
 
 DEFAULT_SIDECAR_URL = "http://127.0.0.1:9000"
 RETRYABLE_STATUS = frozenset({502, 503, 504})
@@ -35,6 +39,62 @@ def default_sidecar_url() -> str:
     """``THUNDER_SIDECAR_URL``, else ``OPENAI_BASE_URL`` without ``/v1``, else localhost."""
     url = os.environ.get("THUNDER_SIDECAR_URL") or os.environ.get("OPENAI_BASE_URL")
     return control_url(url or DEFAULT_SIDECAR_URL)
+
+
+_checked_urls: set[str] = set()
+_not_sidecars: set[str] = set()
+_checked_lock = threading.Lock()
+
+
+def first_check(base_url: str) -> bool:
+    """True once per URL and process: whether this caller should check what answers there."""
+    with _checked_lock:
+        if base_url in _checked_urls:
+            return False
+        _checked_urls.add(base_url)
+        return True
+
+
+def warn_unless_sidecar(base_url: str, response: httpx.Response | None) -> None:
+    """Warn (once per URL, by the caller's :func:`first_check`) when ``GET /health`` at the
+    control URL is answered, but not by a sidecar: an agent pointed at the engine itself
+    runs, untagged and unscheduled, and every tool intent or release would be a vague 404.
+    Nothing answering, or an answer that decides nothing (a 5xx while something restarts,
+    401/403 from a gateway), is left to the calls' own errors."""
+    if response is None or response.status_code not in (200, 404):
+        return
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if isinstance(data, Mapping) and "backends" in data and "programs" in data:
+        return
+    with _checked_lock:
+        _not_sidecars.add(base_url)
+    log.warning(
+        "%s is not a thunder-middleware sidecar (GET /health answered HTTP %s without the "
+        "sidecar's fields): programs are neither scheduled nor released there. Point the "
+        "model's base URL at the sidecar (e.g. http://127.0.0.1:9000/v1) or set "
+        "THUNDER_SIDECAR_URL.", base_url, response.status_code)
+
+
+def refuse_if_not_sidecar(base_url: str, call: Call) -> bool:
+    """After the warning, calls to a URL known not to be a sidecar are not sent: a call
+    that tolerates 404 (release, program) answers None, the others raise
+    :class:`NotASidecar`, which the integrations log at DEBUG only (the warning said it)."""
+    if base_url not in _not_sidecars:
+        return False
+    if 404 in call.none_on:
+        return True
+    raise NotASidecar(404, f"{base_url} is not a thunder-middleware sidecar", code="not_a_sidecar")
+
+
+def not_delivered(what: str, exc: BaseException) -> None:
+    """Log a control call an integration could not make (best effort: never raised)."""
+    if isinstance(exc, NotASidecar):
+        log.debug("%s not delivered: %s", what, exc)
+    else:
+        log.warning("%s not delivered: %r", what, exc)
 
 
 def control_url(url: str) -> str:
@@ -74,6 +134,10 @@ class ThunderAPIError(Exception):
     @property
     def retryable(self) -> bool:
         return self.status_code in RETRYABLE_STATUS
+
+
+class NotASidecar(ThunderAPIError):
+    """The control URL answers, but not as a sidecar (already warned about, once)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,16 @@ Why each hook:
 - ``after_model`` sends tool intent from the new message's ``tool_calls`` before the tools
   node runs, so the sidecar readies the environment while the graph routes.
 - ``wrap_tool_call`` can run a tool in the program's environment (the sidecar's exec route).
-- ``after_agent`` releases; a failed model or tool call releases too (the exception still
-  propagates). Interrupts are not failures: the program stays, the idle timeout is the net.
+- ``after_agent`` releases a program that lives for one invoke; a failed model or tool call
+  releases too (the exception still propagates). Interrupts are not failures: the program
+  stays, the idle timeout is the net.
+
+A thread is a conversation: with a checkpointer, the thread's program outlives each invoke,
+so the next turn finds its cache and its timeline, until ``middleware.release(thread_id)``
+(or the sidecar's idle timeout). Without a checkpointer nothing of the thread survives the
+invoke, and neither does its program; a program named by ``program_id`` (argument or run
+context) is released at the end of the invoke as well. ``release_on_end=True`` or ``False``
+overrides this.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from thunder_middleware.integrations.client import (
     control_url,
     format_exec_result,
 )
+from thunder_middleware.integrations.control_api import not_delivered
 from thunder_middleware.integrations.tagging import (
     tool_intents,
     with_program_body,
@@ -68,6 +77,21 @@ ToolResult = ToolMessage | Command[Any]
 def _from_context(context: Any, key: str) -> str | None:
     value = context.get(key) if isinstance(context, Mapping) else getattr(context, key, None)
     return value if isinstance(value, str) and value else None
+
+
+def _thread_is_persisted() -> bool:
+    """Whether the running graph has a checkpointer, so its thread outlives the invoke.
+
+    Read from the run's config under LangGraph's ``CONFIG_KEY_CHECKPOINTER`` (a private
+    constant, ``"__pregel_checkpointer"`` in langgraph 1.2); ``execution_info.thread_id`` is
+    set from the config with or without one, so it cannot tell."""
+    from langgraph.config import get_config
+
+    try:
+        configurable = get_config().get("configurable") or {}
+    except RuntimeError:  # not inside a graph run
+        return False
+    return configurable.get("__pregel_checkpointer") is not None
 
 
 def program_id_of_runtime(runtime: Any, context_key: str = "program_id") -> str | None:
@@ -103,7 +127,7 @@ class ThunderMiddleware(AgentMiddleware[ThunderState, Any]):
                  context_key: str = "program_id",
                  exec_tools: Mapping[str, str] | None = None,
                  environment: Mapping[str, Any] | None = None, preset: str | None = None,
-                 exec_timeout_s: float = 60.0, release_on_end: bool = True,
+                 exec_timeout_s: float = 60.0, release_on_end: bool | None = None,
                  send_tool_intent: bool = True) -> None:
         super().__init__()
         url = sidecar_url or (client.base_url if client else None)
@@ -234,7 +258,7 @@ class ThunderMiddleware(AgentMiddleware[ThunderState, Any]):
             try:
                 self.client.tool_intent(program_id, intents)
             except Exception as exc:  # readiness is an optimisation, never a failure
-                log.warning("tool intent for %s not delivered: %r", program_id, exc)
+                not_delivered(f"tool intent for {program_id}", exc)
         return None
 
     async def aafter_model(self, state: ThunderState, runtime: Any) -> dict[str, Any] | None:
@@ -244,7 +268,7 @@ class ThunderMiddleware(AgentMiddleware[ThunderState, Any]):
             try:
                 await self.async_client.tool_intent(program_id, intents)
             except Exception as exc:
-                log.warning("tool intent for %s not delivered: %r", program_id, exc)
+                not_delivered(f"tool intent for {program_id}", exc)
         return None
 
     # -- tool calls -----------------------------------------------------------------------
@@ -301,7 +325,7 @@ class ThunderMiddleware(AgentMiddleware[ThunderState, Any]):
         try:
             self.client.release(program_id)
         except Exception as exc:  # the original error matters more; idle timeout reaps
-            log.warning("release of %s after failure not delivered: %r", program_id, exc)
+            not_delivered(f"release of {program_id} after failure", exc)
 
     async def _arelease_after_failure(self, state: Any, runtime: Any) -> None:
         program_id = self.resolve_program_id(state if isinstance(state, Mapping) else None,
@@ -309,14 +333,32 @@ class ThunderMiddleware(AgentMiddleware[ThunderState, Any]):
         try:
             await self.async_client.release(program_id)
         except Exception as exc:
-            log.warning("release of %s after failure not delivered: %r", program_id, exc)
+            not_delivered(f"release of {program_id} after failure", exc)
+
+    def _release_at_end(self, runtime: Any) -> bool:
+        """Explicit ``release_on_end``, else: keep a checkpointed thread's program (a
+        conversation), release every other (it lives for one invoke)."""
+        if self.release_on_end is not None:
+            return self.release_on_end
+        if self.program_id or _from_context(getattr(runtime, "context", None),
+                                            self.context_key):
+            return True
+        return not _thread_is_persisted()
 
     def after_agent(self, state: ThunderState, runtime: Any) -> dict[str, Any] | None:
-        if self.release_on_end:
+        if self._release_at_end(runtime):
             self.client.release(self.resolve_program_id(state, runtime))
         return None
 
     async def aafter_agent(self, state: ThunderState, runtime: Any) -> dict[str, Any] | None:
-        if self.release_on_end:
+        if self._release_at_end(runtime):
             await self.async_client.release(self.resolve_program_id(state, runtime))
         return None
+
+    def release(self, thread_id: str) -> dict[str, Any] | None:
+        """End a conversation: release the program of ``thread_id`` (or any program id) now.
+        None if the sidecar has no live program of that id."""
+        return self.client.release(thread_id)
+
+    async def arelease(self, thread_id: str) -> dict[str, Any] | None:
+        return await self.async_client.release(thread_id)

@@ -10,8 +10,15 @@ binds ``extra_body`` + header for that one call.
 :class:`ThunderCallbackHandler` does what needs no request changes: it maps run ids to
 programs (``on_llm_end`` carries no metadata, so it is keyed by run id, inherited down the
 parent chain), sends tool intent when a model call ends with tool calls (the graph awaits
-handlers before the next node, so the intent precedes the tools node), and releases the
-program when the root run ends or fails.
+handlers before the next node, so the intent precedes the tools node), and releases.
+
+A thread is a conversation: a program named by its ``thread_id`` outlives the invoke, so
+the next turn finds its cache and its timeline; ``handler.release(thread_id)`` ends it (the
+sidecar's idle timeout is the backstop). A callback cannot see whether the graph has a
+checkpointer, so the thread id alone decides. A program with no thread (an explicit
+``metadata.program_id``, or none: a fresh id per run) lives for one invoke and is released
+when the root run ends. A failed run is released either way. ``release_on_end=True`` or
+``False`` overrides this.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from langchain_core.outputs import ChatGeneration, LLMResult
 from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig, RunnableLambda
 
 from thunder_middleware.integrations.client import ThunderClient, control_url
+from thunder_middleware.integrations.control_api import not_delivered
 from thunder_middleware.integrations.tagging import (
     program_id_from_metadata,
     tool_intents,
@@ -108,8 +116,9 @@ class ThunderCallbackHandler(BaseCallbackHandler):
     raise_error = False
 
     def __init__(self, sidecar_url: str | None = None, *, client: ThunderClient | None = None,
-                 program_id: str | None = None, release_on_end: bool = True,
-                 send_tool_intent: bool = True) -> None:
+                 program_id: str | None = None, release_on_end: bool | None = None,
+                 send_tool_intent: bool = True, environment: Mapping[str, Any] | None = None,
+                 preset: str | None = None) -> None:
         # Without a URL (argument, client, THUNDER_SIDECAR_URL) the handler follows the first
         # chat model it sees: its serialized openai_api_base *is* the sidecar's /v1.
         self._follow_model = (client is None and sidecar_url is None
@@ -118,8 +127,12 @@ class ThunderCallbackHandler(BaseCallbackHandler):
         self.program_id = program_id
         self.release_on_end = release_on_end
         self.send_tool_intent = send_tool_intent
+        self.environment = dict(environment) if environment is not None else None
+        self.preset = preset
         self._programs: dict[UUID, str] = {}
         self._roots: set[UUID] = set()
+        self._threads: set[str] = set()  # running programs named by a thread id
+        self._declared: set[str] = set()  # running programs whose environment was declared
         self._lock = threading.Lock()
         self.released: list[str] = []  # what this handler released, in order (observability)
 
@@ -127,10 +140,13 @@ class ThunderCallbackHandler(BaseCallbackHandler):
                   metadata: Mapping[str, Any] | None) -> str:
         metadata = metadata or {}
         with self._lock:
-            program_id = (self.program_id or program_id_from_metadata(metadata)
-                          or (str(metadata["thread_id"]) if metadata.get("thread_id") else None)
+            named = self.program_id or program_id_from_metadata(metadata)
+            thread = str(metadata["thread_id"]) if metadata.get("thread_id") else None
+            program_id = (named or thread
                           or (self._programs.get(parent_run_id) if parent_run_id else None)
                           or f"graph-{uuid.uuid4().hex}")
+            if not named and thread and parent_run_id is None:
+                self._threads.add(program_id)
             self._programs[run_id] = program_id
             if parent_run_id is None:
                 self._roots.add(run_id)
@@ -155,7 +171,30 @@ class ThunderCallbackHandler(BaseCallbackHandler):
                             run_id: UUID, parent_run_id: UUID | None = None,
                             metadata: dict[str, Any] | None = None, **kwargs: Any) -> None:
         self._follow(serialized)
-        self._remember(run_id, parent_run_id, metadata)
+        self._declare_environment(self._remember(run_id, parent_run_id, metadata))
+
+    def _declare_environment(self, program_id: str) -> None:
+        """At a program's first model call (the sidecar is known by then): its environment."""
+        if self.environment is None and self.preset is None:
+            return
+        with self._lock:
+            if program_id in self._declared:
+                return
+            self._declared.add(program_id)
+        try:
+            self.client.register(program_id, environment=self.environment, preset=self.preset)
+        except Exception as exc:  # the run still works; its tools run without readiness
+            not_delivered(f"environment declaration of {program_id}", exc)
+
+    def release(self, program_id: str) -> dict[str, Any] | None:
+        """End a conversation (or any program): release ``program_id`` (its thread id) now.
+        None if the sidecar has no live program of that id."""
+        with self._lock:
+            self._threads.discard(program_id)
+            self._declared.discard(program_id)
+        released = self.client.release(program_id)
+        self.released.append(program_id)
+        return released
 
     def on_llm_start(self, serialized: dict[str, Any] | None, prompts: Any, *, run_id: UUID,
                      parent_run_id: UUID | None = None,
@@ -175,26 +214,43 @@ class ThunderCallbackHandler(BaseCallbackHandler):
             try:
                 self.client.tool_intent(program_id, intents)
             except Exception as exc:  # readiness is an optimisation, never a failure
-                log.warning("tool intent for %s not delivered: %r", program_id, exc)
+                not_delivered(f"tool intent for {program_id}", exc)
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         with self._lock:
             self._programs.pop(run_id, None)
 
-    def _finish(self, run_id: UUID) -> None:
+    def _finish(self, run_id: UUID, *, failed: bool) -> None:
         with self._lock:
             program_id = self._programs.pop(run_id, None)
             is_root = run_id in self._roots
             self._roots.discard(run_id)
-        if is_root and program_id and self.release_on_end:
+            conversation = program_id in self._threads
+            if is_root and program_id:
+                # per run only, so nothing here grows with the number of conversations kept
+                # (the next invoke of a thread marks it again; re-declaring is idempotent)
+                self._threads.discard(program_id)
+                self._declared.discard(program_id)
+        if not (is_root and program_id):
+            return
+        release = self.release_on_end
+        if release is None:
+            release = failed or not conversation
+        if release:
             try:
-                self.client.release(program_id)
-                self.released.append(program_id)
+                self.release(program_id)
             except Exception as exc:  # the sidecar's idle timeout is the safety net
-                log.warning("release of %s not delivered: %r", program_id, exc)
+                not_delivered(f"release of {program_id}", exc)
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        self._finish(run_id)
+        self._finish(run_id, failed=False)
 
     def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        self._finish(run_id)
+        # an interrupt ends the run with GraphInterrupt: not a failure, the thread resumes
+        self._finish(run_id, failed=not _is_interrupt(error))
+
+
+def _is_interrupt(error: BaseException) -> bool:
+    from langgraph.errors import GraphBubbleUp
+
+    return isinstance(error, GraphBubbleUp)

@@ -11,25 +11,35 @@ Insert with ``litellm.callbacks = [ThunderLiteLLMCallback()]`` and pass
 - ``async_post_call_streaming_deployment_hook`` only sees the *final* chunk in litellm 1.110
   (without the streamed tool names), so it announces "a tool call is coming" by name only
   when the names are known; the wrappers below see every chunk and always name the tools.
-- The sync ``litellm.completion`` runs none of the deployment hooks (checked in 1.110.2), so
-  :func:`completion` tags the call and sends the intent itself; :func:`acompletion` does the
-  same for async streams.
+- The sync ``litellm.completion`` runs none of the deployment hooks, and no sync hook can
+  change its request (checked in 1.110.2: ``log_pre_api_call`` sees a copy), so the
+  callback warns once, at the first such call naming a program, and :func:`completion`
+  tags the call and sends the intent itself; :func:`acompletion` does the same for async
+  streams.
 - ``log_success_event`` / ``async_log_success_event`` are not used: they may run after the
   caller already has the response (background logging), too late for readiness.
+
+A program is named as LiteLLM users name a session, all meaning the same:
+``metadata={"program_id": ...}``, ``metadata={"session_id": ...}``,
+``litellm_session_id=...`` or an ``x-litellm-session-id`` header (``extra_headers``).
 
 The control API is found from the ``sidecar_url`` argument, else ``THUNDER_SIDECAR_URL``,
 else each call's ``api_base`` (the model is served by the sidecar's ``/v1``).
 
-A callback cannot tell when a workflow ends, so releasing is the caller's job: wrap the
-agent loop in ``async with callback.program(pid) as metadata:`` (below) or in a client's
-``releasing(pid)``; either releases the program however the block ends, an exception
-included. Without either, the sidecar's idle timeout reclaims it eventually.
+A callback cannot tell when a workflow ends, so the caller says so: ``end_session: True``
+in the metadata of a session's last call releases it once the call is answered;
+``callback.release(session_id)`` (or ``await callback.arelease(...)``) releases at any time;
+``async with callback.program(pid) as metadata:`` releases however the block ends. Without
+any of them, the sidecar's idle timeout reclaims it eventually. ``environment=`` or
+``preset=`` gives each program a tool environment, declared at its first call.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -43,9 +53,15 @@ from thunder_middleware.integrations.client import (
     ToolIntent,
     control_url,
 )
+from thunder_middleware.integrations.control_api import not_delivered
 from thunder_middleware.integrations.tagging import (
     PROGRAM_ID_FIELD,
+    SESSION_ID_HEADER,
+    SESSION_ID_PARAM,
+    ends_session,
+    header_value,
     program_id_from_metadata,
+    session_id_from_metadata,
     tool_calls_of_response,
     tool_intents,
     with_program_body,
@@ -53,6 +69,7 @@ from thunder_middleware.integrations.tagging import (
 )
 
 log = logging.getLogger(__name__)
+_sync_warning = threading.Event()
 
 __all__ = [
     "StreamedToolCalls",
@@ -64,20 +81,35 @@ __all__ = [
 ]
 
 
-def program_id_of_kwargs(kwargs: Mapping[str, Any]) -> str | None:
-    """The program of a LiteLLM call: metadata, litellm_metadata, extra_body, session id."""
+def _metadatas(kwargs: Mapping[str, Any]) -> tuple[Any, ...]:
     litellm_params = kwargs.get("litellm_params")
-    for source in (
-        kwargs.get("metadata"),
-        kwargs.get("litellm_metadata"),
-        litellm_params.get("metadata") if isinstance(litellm_params, Mapping) else None,
-        kwargs.get("extra_body"),
-    ):
+    return (kwargs.get("metadata"), kwargs.get("litellm_metadata"),
+            litellm_params.get("metadata") if isinstance(litellm_params, Mapping) else None)
+
+
+def program_id_of_kwargs(kwargs: Mapping[str, Any]) -> str | None:
+    """The program of a LiteLLM call: ``program_id`` (metadata, litellm_metadata,
+    extra_body), else the LiteLLM session (``litellm_session_id``, ``metadata.session_id``,
+    the ``x-litellm-session-id`` header), the same sources the proxy reads."""
+    metadatas = _metadatas(kwargs)
+    for source in (*metadatas, kwargs.get("extra_body")):
         found = program_id_from_metadata(source)
         if found:
             return found
-    session = kwargs.get("litellm_session_id")
-    return session if isinstance(session, str) and session else None
+    litellm_params = kwargs.get("litellm_params")
+    for holder in (kwargs, litellm_params if isinstance(litellm_params, Mapping) else {}):
+        session = holder.get(SESSION_ID_PARAM)
+        if isinstance(session, str) and session:
+            return session
+    for source in metadatas:
+        found = session_id_from_metadata(source)
+        if found:
+            return found
+    for headers in (kwargs.get("extra_headers"), kwargs.get("headers")):
+        found = header_value(headers, SESSION_ID_HEADER)
+        if found:
+            return found
+    return None
 
 
 def tag_kwargs(kwargs: Mapping[str, Any], program_id: str) -> dict[str, Any]:
@@ -124,9 +156,13 @@ class ThunderLiteLLMCallback(CustomLogger):
     (e.g. one per worker process) so unrelated loops sharing a sidecar key cannot collide.
     """
 
+    #: programs whose sidecar is remembered for release (oldest forgotten first)
+    REMEMBERED = 4096
+
     def __init__(self, sidecar_url: str | None = None, *, api_key: str | None = None,
                  program_id: str | None = None, namespace: str | None = None,
-                 send_tool_intent: bool = True) -> None:
+                 send_tool_intent: bool = True, environment: Mapping[str, Any] | None = None,
+                 preset: str | None = None) -> None:
         super().__init__()
         # Without an explicit URL (argument or THUNDER_SIDECAR_URL) the control API is found
         # where the call goes: the model's api_base *is* the sidecar's /v1.
@@ -139,6 +175,10 @@ class ThunderLiteLLMCallback(CustomLogger):
         self.send_tool_intent = send_tool_intent
         # programs inside program(): the sidecar their calls went to (None until a call)
         self._open: dict[str, str | None] = {}
+        self.environment = dict(environment) if environment is not None else None
+        self.preset = preset
+        self._registered: OrderedDict[str, None] = OrderedDict()  # environment declared
+        self._sidecar_of: OrderedDict[str, str] = OrderedDict()  # where a program's calls went
 
     def program_id_for(self, kwargs: Mapping[str, Any]) -> str | None:
         extra = kwargs.get("extra_body")
@@ -151,9 +191,60 @@ class ThunderLiteLLMCallback(CustomLogger):
         self, kwargs: dict[str, Any], call_type: Any
     ) -> dict[str, Any] | None:
         program_id = self.program_id_for(kwargs)
+        if not program_id:
+            return None
+        sidecar = sidecar_of_call(kwargs)
         if program_id in self._open and self._open[program_id] is None:
-            self._open[program_id] = sidecar_of_call(kwargs)
-        return tag_kwargs(kwargs, program_id) if program_id else None
+            self._open[program_id] = sidecar
+        if sidecar is not None:
+            _remember(self._sidecar_of, program_id, sidecar, self.REMEMBERED)
+        await self._declare_environment(program_id, kwargs)
+        return tag_kwargs(kwargs, program_id)
+
+    async def _declare_environment(self, program_id: str, kwargs: Mapping[str, Any]) -> None:
+        """Register the program with its environment at its first call (best effort)."""
+        if (self.environment is None and self.preset is None) or program_id in self._registered:
+            return
+        _remember(self._registered, program_id, None, self.REMEMBERED)
+        try:
+            await self.client_for(kwargs).register(program_id, environment=self.environment,
+                                                   preset=self.preset)
+        except Exception as exc:  # the call still works; its tools run without readiness
+            not_delivered(f"environment declaration of {program_id}", exc)
+
+    def log_pre_api_call(self, model: Any, messages: Any, kwargs: dict[str, Any]) -> None:
+        """Runs on the sync path too, where nothing can tag the request: warn once."""
+        if _sync_warning.is_set() or kwargs.get("call_type") != "completion":
+            return
+        optional = kwargs.get("optional_params")
+        extra = optional.get("extra_body") if isinstance(optional, Mapping) else None
+        if isinstance(extra, Mapping) and extra.get(PROGRAM_ID_FIELD):
+            return  # tagged by the completion() wrapper
+        named = program_id_of_kwargs(kwargs) or self.default_program_id
+        if named and not _sync_warning.is_set():
+            _sync_warning.set()  # once per process: LiteLLM calls this on copies of the logger
+            log.warning(
+                "litellm.completion (sync) cannot be tagged by ThunderLiteLLMCallback: the "
+                "call of program %r reaches the sidecar as an anonymous request. Use "
+                "thunder_middleware.integrations.litellm.completion(**same_kwargs) or "
+                "litellm.acompletion. (Warned once.)", named)
+
+    async def arelease(self, session_id: str) -> dict[str, Any] | None:
+        """Release the program of ``session_id`` (the namespace applied) on the sidecar its
+        calls went to; None if the sidecar has no live program of that id."""
+        full_id = self._full_id(session_id)
+        return await self._control_for(full_id).release(full_id)
+
+    def release(self, session_id: str) -> dict[str, Any] | None:
+        """Blocking :meth:`arelease`, for sync code."""
+        full_id = self._full_id(session_id)
+        url = self.sidecar_url or self._sidecar_of.get(full_id)
+        with ThunderClient(url, api_key=self.api_key, attempts=2) as client:
+            return client.release(full_id)
+
+    def _control_for(self, full_id: str) -> AsyncThunderClient:
+        sidecar = self._sidecar_of.get(full_id)
+        return self.client_for({"api_base": sidecar} if sidecar else {})
 
     def _full_id(self, program_id: str) -> str:
         return f"{self.namespace}:{program_id}" if self.namespace else program_id
@@ -192,7 +283,7 @@ class ThunderLiteLLMCallback(CustomLogger):
         try:
             await client.release(full_id)
         except Exception as exc:
-            log.warning("release of program %s failed: %r", full_id, exc)
+            not_delivered(f"release of program {full_id}", exc)
 
     def client_for(self, kwargs: Mapping[str, Any]) -> AsyncThunderClient:
         base = sidecar_of_call(kwargs)
@@ -207,10 +298,16 @@ class ThunderLiteLLMCallback(CustomLogger):
         if self.send_tool_intent and program_id:
             await _announce_async(self.client_for(kwargs), program_id, intents)
 
+    async def _end_if_asked(self, kwargs: Mapping[str, Any]) -> None:
+        program_id = self.program_id_for(kwargs)
+        if program_id and ends_session(*_metadatas(kwargs)):
+            await self._release(program_id, self._sidecar_of.get(program_id))
+
     async def async_post_call_success_deployment_hook(
         self, request_data: dict[str, Any], response: Any, call_type: Any
     ) -> Any:
         await self.announce(request_data, tool_intents(tool_calls_of_response(response)))
+        await self._end_if_asked(request_data)
         return None
 
     async def async_post_call_streaming_deployment_hook(
@@ -219,7 +316,15 @@ class ThunderLiteLLMCallback(CustomLogger):
         collector = StreamedToolCalls()
         collector.add(response_chunk)
         await self.announce(request_data, collector.intents())
+        await self._end_if_asked(request_data)
         return None
+
+
+def _remember(table: OrderedDict[str, Any], key: str, value: Any, limit: int) -> None:
+    table[key] = value
+    table.move_to_end(key)
+    while len(table) > limit:
+        table.popitem(last=False)
 
 
 async def _announce_async(client: AsyncThunderClient, program_id: str,
@@ -230,7 +335,7 @@ async def _announce_async(client: AsyncThunderClient, program_id: str,
     try:
         await client.tool_intent(program_id, intents)
     except Exception as exc:  # the agent still works; its environment is readied later
-        log.warning("tool intent for %s not delivered: %r", program_id, exc)
+        not_delivered(f"tool intent for {program_id}", exc)
 
 
 def sidecar_of_call(kwargs: Mapping[str, Any]) -> str | None:
@@ -255,7 +360,7 @@ def _announce_sync(client: ThunderClient, program_id: str, intents: list[ToolInt
     try:
         client.tool_intent(program_id, intents)
     except Exception as exc:
-        log.warning("tool intent for %s not delivered: %r", program_id, exc)
+        not_delivered(f"tool intent for {program_id}", exc)
 
 
 def _stream_with_intent(stream: Any, client: ThunderClient, program_id: str) -> Iterator[Any]:
@@ -297,6 +402,11 @@ def completion(*, sidecar_url: str | None = None, client: ThunderClient | None =
     if kwargs.get("stream"):
         return _stream_with_intent(response, thunder, program_id)
     _announce_sync(thunder, program_id, tool_intents(tool_calls_of_response(response)))
+    if ends_session(*_metadatas(kwargs)):
+        try:
+            thunder.release(program_id)
+        except Exception as exc:  # the idle timeout is the backstop
+            not_delivered(f"release of program {program_id}", exc)
     return response
 
 

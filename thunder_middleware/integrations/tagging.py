@@ -17,6 +17,12 @@ from thunder_middleware.integrations.client import ToolIntent
 
 PROGRAM_ID_FIELD = "program_id"
 PROGRAM_ID_HEADER = "X-Program-Id"
+# LiteLLM's session conventions: one session is one program
+SESSION_ID_FIELD = "session_id"
+SESSION_ID_PARAM = "litellm_session_id"
+SESSION_ID_HEADER = "x-litellm-session-id"
+# metadata flag on a session's last call: release its program once the call is answered
+END_SESSION_FIELD = "end_session"
 
 
 def with_program_body(extra_body: Mapping[str, Any] | None, program_id: str) -> dict[str, Any]:
@@ -37,6 +43,30 @@ def program_id_from_metadata(metadata: Any) -> str | None:
         if isinstance(value, str) and value:
             return value
     return None
+
+
+def session_id_from_metadata(metadata: Any) -> str | None:
+    """``metadata["session_id"]`` when it is a non-empty string."""
+    if isinstance(metadata, Mapping):
+        value = metadata.get(SESSION_ID_FIELD)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def header_value(headers: Any, name: str) -> str | None:
+    """A header of a mapping, by case-insensitive name, when it is a non-empty string."""
+    if isinstance(headers, Mapping):
+        for key, value in headers.items():
+            if isinstance(key, str) and key.lower() == name.lower() \
+                    and isinstance(value, str) and value:
+                return value
+    return None
+
+
+def ends_session(*metadatas: Any) -> bool:
+    """Whether any of ``metadatas`` carries ``end_session: true``."""
+    return any(isinstance(m, Mapping) and m.get(END_SESSION_FIELD) is True for m in metadatas)
 
 
 def _field(obj: Any, name: str) -> Any:

@@ -30,6 +30,7 @@ from thunder_middleware.sidecar.fast_path import SidecarApp, completion_stack
 from thunder_middleware.sidecar.metrics import SidecarMetrics, StateCollector
 from thunder_middleware.sidecar.persistence import InMemoryProgramStore, ProgramStore
 from thunder_middleware.sidecar.proxy import Proxy
+from thunder_middleware.sidecar.routes_intent import router as intent_router
 from thunder_middleware.sidecar.routes_openai import router as openai_router
 from thunder_middleware.sidecar.routes_programs import router as programs_router
 from thunder_middleware.sidecar.runtime import SchedulerRuntime
@@ -89,14 +90,14 @@ def create_app(
         ProgramScheduler(policy_config(settings)), pool, metrics,
         store or open_store(settings), time_scale=settings.time_scale,
         tick_interval_s=settings.check_interval, idle_timeout_s=settings.idle_timeout,
-        prep_ahead=settings.prep_ahead,
+        prep_ahead=settings.prep_ahead, max_tool_names=settings.max_tool_names,
     )
     link = environment_link if environment_link is not None else environment_link_for(
         settings, runtime, metrics.registry)
     runtime.environments = link.manager if link.enabled else None
     restored = restore_registry(runtime.registry, runtime.store.load(), runtime.store.load_steps)
     if restored.live or restored.ended:
-        log.warning("restored %d live and %d ended programs from the store", restored.live,
+        log.info("restored %d live and %d ended programs from the store", restored.live,
                     restored.ended)
     if restored.skipped:
         log.error("skipped %d corrupt stored programs (see the errors above)", restored.skipped)
@@ -138,12 +139,14 @@ def create_app(
     link.install_error_handler(app)
     app.include_router(openai_router)
     app.include_router(programs_router)
+    app.include_router(intent_router)  # before the environment routes: it answers intents
     app.include_router(link.router())
 
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:
         """200 while the sidecar runs (liveness); ``status`` says whether work can flow."""
         views = {view.name: view for view in runtime.scheduler.backend_views(runtime.now())}
+        down = pool.down_reasons()
         backends: list[dict[str, Any]] = []
         for url in pool.urls:
             backend = pool.backends.get(url)
@@ -152,6 +155,7 @@ def create_app(
                 "url": url,
                 "kind": backend.kind if backend else None,
                 "healthy": pool.is_healthy(url),
+                "reason": down.get(url),  # why it is down (None when healthy)
                 "capacity_tokens": view.capacity_tokens if view else None,
                 "demand_tokens": round(view.demand, 1) if view else None,
                 "programs": view.programs if view else 0,

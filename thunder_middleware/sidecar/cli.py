@@ -6,18 +6,48 @@ and the TOML file (see :mod:`thunder_middleware.sidecar.settings`).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
+import socket
 from pathlib import Path
+from typing import Any
 
 import typer
 from pydantic import ValidationError
+from typer.core import TyperCommand
 
-from thunder_middleware.sidecar.settings import EnvProvider, load_settings
+from thunder_middleware.sidecar.settings import EnvProvider, SidecarSettings, load_settings
+
+
+class PlainHelpCommand(TyperCommand):
+    """``--help`` as plain text wrapped to the terminal: rich's option table cuts long
+    option names (``--env-create-concu…``) at 80 columns, click's layout never does."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        self.rich_markup_mode = None
+        super().format_help(ctx, formatter)
+
+
+def bind_port(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything else starts (backend probes, orphan
+    reaping), so a port in use is reported at once. Raises OSError."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
 
 
 def serve(
-    backend: list[str] = typer.Option(None, "--backend", help="Backend URL (repeat for more)."),
+    backend: list[str] = typer.Option(
+        None, "--backend",
+        help="Engine URL, e.g. http://vllm-0:8000 (a trailing /v1 is dropped); repeat for more."),
     host: str = typer.Option(None, help="Interface to bind (default 127.0.0.1)."),
     port: int = typer.Option(None, help="Port to listen on (default 9000)."),
     config: Path = typer.Option(
@@ -92,7 +122,7 @@ def serve(
         "--strip-program-id/--keep-program-id",
         help="Remove program_id before forwarding (default keep).",
     ),
-    log_level: str = typer.Option(None, help="uvicorn / sidecar log level (default warning)."),
+    log_level: str = typer.Option(None, help="uvicorn / sidecar log level (default info)."),
     state_dir: Path = typer.Option(
         None, help="Keep programs in SQLite here so a restart finds them (default: memory)."),
     allow_unauthenticated_remote: bool = typer.Option(
@@ -173,18 +203,31 @@ def serve(
     except UnsafeBindError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from exc
+    try:
+        listening = bind_port(settings.host, settings.port)
+    except OSError as exc:
+        typer.echo(f"cannot listen on {settings.host}:{settings.port}: "
+                   f"{exc.strerror or exc} (is another sidecar running there? choose "
+                   "another --port)", err=True)
+        raise typer.Exit(2) from exc
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    for chatty in ("httpx", "httpcore"):  # a line per backend scrape is noise at INFO
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
+    logging.getLogger(__name__).info(
+        "sidecar listening on http://%s:%d (OpenAI base http://%s:%d/v1), backends: %s",
+        settings.host, settings.port, settings.host, settings.port, ", ".join(settings.backends))
     from thunder_middleware.sidecar.environments import ProviderUnavailable
     from thunder_middleware.store import StoreError
 
     try:
         app = create_app(settings)
     except (StoreError, ProviderUnavailable) as exc:  # a newer --state-dir, no engine
+        listening.close()
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from exc
-    uvicorn.run(
+    server = uvicorn.Server(uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -193,4 +236,23 @@ def serve(
         timeout_graceful_shutdown=10,
         timeout_keep_alive=math.ceil(settings.keep_alive_timeout),
         backlog=4096,
-    )
+    ))
+    server.run(sockets=[listening])
+
+
+#: flags whose setting (and THUNDER_* variable) has another name
+_SETTING_OF_FLAG = {"backend": "backends"}
+
+
+def _name_environment_variables(command: Any) -> None:
+    """Append each option's THUNDER_* variable to its help (the settings read the same
+    variables, so the help cannot name one the sidecar ignores)."""
+    for name, parameter in inspect.signature(command).parameters.items():
+        setting = _SETTING_OF_FLAG.get(name, name)
+        if setting not in SidecarSettings.model_fields:
+            continue  # --config: a file, not a setting
+        info = parameter.default
+        info.help = f"{info.help} [env: THUNDER_{setting.upper()}]"
+
+
+_name_environment_variables(serve)

@@ -48,10 +48,6 @@ def disabled_router() -> APIRouter:
     async def remove_environment(program_id: str) -> None:
         raise _disabled()
 
-    @router.post("/programs/{program_id}/tool-intent")
-    async def tool_intent(program_id: str) -> None:
-        raise _disabled()
-
     @router.post("/programs/{program_id}/exec")
     async def exec_in_environment(program_id: str) -> None:
         raise _disabled()
@@ -104,7 +100,7 @@ class EnvironmentLink:
     async def start(self) -> None:
         if self.manager is not None:
             reaped = await self.manager.start()
-            log.warning("environments: %s provider, orphans reaped: %s",
+            log.info("environments: %s provider, orphans reaped: %s",
                         self.manager.provider.name, reaped)
 
     async def close(self) -> None:

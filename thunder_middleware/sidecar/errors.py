@@ -78,10 +78,13 @@ def not_found(message: str, param: str | None = None) -> APIError:
     return APIError(404, message, param=param, code="not_found")
 
 
-def no_backend(retry_after: float = 5.0) -> APIError:
+def no_backend(down: dict[str, str] | None = None, retry_after: float = 5.0) -> APIError:
+    """503 naming each backend that is down and why (``down``: URL to cause)."""
+    causes = "; ".join(f"{url}: {reason}" for url, reason in (down or {}).items())
     return APIError(
         503,
-        "no healthy backend is available; retry later",
+        "no healthy backend is available" + (f" ({causes})" if causes else "")
+        + "; retry later (GET /health shows each backend)",
         code="no_healthy_backend",
         retry_after=retry_after,
     )

@@ -21,6 +21,8 @@ PREFIX = "thunder_sidecar_"
 
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005,
                     0.0075, 0.01, 0.025, 0.05, 0.1, 0.25)
+_TOOL_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+                 900.0)
 _WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
                  300.0)
 
@@ -158,6 +160,15 @@ class SidecarMetrics:
             PREFIX + "added_latency_seconds",
             "Time spent in the sidecar per request, excluding upstream time and gate wait",
             buckets=_LATENCY_BUCKETS, registry=registry)
+        # outcome: "recorded" (no environment: a scheduling signal only), "prepared" (an
+        # environment was readied too), "rejected" (unknown or released program, bad body)
+        self.tool_intents = Counter(PREFIX + "tool_intents", "Tool intents by outcome",
+                                    ["outcome"], registry=registry)
+        # labels bounded by ToolTimes (max_tool_names, then "other")
+        self.tool_seconds = Histogram(
+            PREFIX + "tool_seconds",
+            "Tool time per announced tool name (exec time, else intent to next call)",
+            ["tool"], buckets=_TOOL_BUCKETS, registry=registry)
         self.prompt_total = 0
         self.cached_total = 0
 

@@ -134,7 +134,7 @@ class Proxy:
         receive = request.receive
         for attempt in (0, 1):
             if not self.runtime.pool.any_healthy():
-                raise no_backend()
+                raise no_backend(self.runtime.pool.down_reasons())
             try:
                 lease = await self.runtime.acquire(key, parsed.prompt_chars, receive,
                                                    prompt_tokens_hint=parsed.prompt_tokens_hint,

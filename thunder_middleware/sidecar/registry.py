@@ -49,12 +49,17 @@ class ProgramRegistry:
         return self.live.get(key) or self.ended.get(key)
 
     def ensure(self, key: str, anonymous: bool, now: float) -> TrackedProgram:
-        """The live record of ``key``; a released id used again starts a new program."""
+        """The live record of ``key``. A released or expired id used again is live again
+        and keeps its timeline: an id is one conversation, and a later turn must never
+        replace an earlier turn's history."""
         program = self.live.get(key)
         if program is None:
-            self.ended.pop(key, None)
+            earlier = self.ended.pop(key, None)
             tenant, program_id = split_key(key)
             program = TrackedProgram(key, tenant, public_id(program_id), anonymous, now, now)
+            if earlier is not None:
+                program.created_at = earlier.created_at
+                program.timeline = earlier.timeline
             self.live[key] = program
         return program
 

@@ -65,7 +65,7 @@ async def models(request: Request, tenant: str = Depends(resolve_tenant)) -> Res
     pool = proxy.runtime.pool
     names = sorted(pool.healthy)
     if not names:
-        raise no_backend()
+        raise no_backend(pool.down_reasons())
 
     async def fetch(name: str) -> list[dict[str, Any]]:
         try:

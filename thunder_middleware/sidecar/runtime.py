@@ -46,6 +46,7 @@ from thunder_middleware.sidecar.metrics import SidecarMetrics
 from thunder_middleware.sidecar.persistence import ProgramStore, StoredProgram
 from thunder_middleware.sidecar.registry import ProgramRegistry, TrackedProgram
 from thunder_middleware.sidecar.timeline import StepOutcome, StepRecord
+from thunder_middleware.sidecar.tool_activity import ToolTimes
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ class SchedulerRuntime:
         tick_interval_s: float = 5.0,
         idle_timeout_s: float = 600.0,
         prep_ahead: int = 4,
+        max_tool_names: int = 64,
     ) -> None:
         self.scheduler = scheduler
         self.pool = pool
@@ -112,6 +114,7 @@ class SchedulerRuntime:
         self._reclaims: dict[str, asyncio.Task[Any]] = {}  # the last reclaim of each key
         self._tools_running: dict[str, int] = {}  # execs in flight per program key
         self._prep_task: asyncio.Task[Any] | None = None  # the last prepare-ahead round
+        self.tool_times = ToolTimes(max_tool_names)
 
     # --- clock and lifecycle -------------------------------------------------------------
     def now(self) -> float:
@@ -270,7 +273,8 @@ class SchedulerRuntime:
         program = self.registry.live.get(key)
         view = self.scheduler.program(key)
         if program is None and (view is None or view.status == Status.TERMINATED):
-            raise not_found(f"no live program {key.partition('/')[2]!r}", param="program_id")
+            raise not_found(f"no live program {key.partition('/')[2]!r}"
+                            + self._namespaced_hint(key), param="program_id")
         if view is not None and view.status != Status.TERMINATED:
             self.apply(self.scheduler.on_release(key, self.now()))
         if reason == "released":
@@ -278,6 +282,17 @@ class SchedulerRuntime:
         ended = self._terminate(key, reason)
         assert ended is not None or program is None
         return ended or program  # type: ignore[return-value]
+
+    def _namespaced_hint(self, key: str) -> str:
+        """For a bare id that a gateway namespaced (``"<team>:<id>"``), the ids it became."""
+        tenant, _, program_id = key.partition("/")
+        near = sorted(p.program_id for p in self.registry.live.values()
+                      if p.tenant == tenant and p.program_id.endswith(":" + program_id))[:3]
+        if not near:
+            return ""
+        return (f"; live programs named like it: {', '.join(near)} (a LiteLLM proxy prefixes "
+                "ids with the caller's team or key; through the proxy, send metadata "
+                '{"end_session": true} on the last call to release it)')
 
     async def finish_reclaim(self, key: str, timeout_s: float) -> tuple[bool, Any]:
         """Wait (at most ``timeout_s``) for the environment reclaim a termination started.
@@ -315,6 +330,18 @@ class SchedulerRuntime:
         if program is not None:
             program.timeline.record_tool_time(duration_s)
             self._save(program)
+
+    def tool_intent(self, key: str, tools: list[str], *, prepared: bool) -> TrackedProgram:
+        """The live program ``key`` is about to run ``tools``: it is acting (a sign of life
+        for idle expiry), and the tools and the time until its next call join that step
+        (and the per-tool-name estimate). ``prepared``: an environment was readied for it."""
+        program = self.registry.live[key]
+        program.last_activity = time.time()
+        program.timeline.record_intent(tools, program.last_activity)
+        self.apply(self.scheduler.on_activity(key, self.now()))
+        self.metrics.tool_intents.labels(outcome="prepared" if prepared else "recorded").inc()
+        self._save(program)
+        return program
 
     def _tool_activity(self, key: str) -> TrackedProgram | None:
         program = self.registry.live.get(key)
@@ -483,6 +510,12 @@ class SchedulerRuntime:
     def _add_step(self, program: TrackedProgram, step: StepRecord) -> None:
         """Record a step on the timeline and in the store (the step, then the new totals)."""
         program.timeline.add(step)
+        if step.tools:
+            # a message's tool calls run together (ToolNode runs them concurrently), so the
+            # step's tool time is one observation for each tool it named
+            for name in step.tools:
+                label = self.tool_times.observe(name, step.tool_s)
+                self.metrics.tool_seconds.labels(tool=label).observe(step.tool_s)
         if not program.anonymous:
             self.store.save_step(program.key, step.as_dict())
         self._save(program)

@@ -64,6 +64,8 @@ class SidecarSettings(BaseSettings):
     strip_program_id: bool = False
     prep_ahead: int = Field(4, ge=0, description="paused programs whose environment is readied")
     max_program_id_length: int = Field(256, ge=8)
+    max_tool_names: int = Field(
+        64, ge=1, description="tool names with their own tool-time estimate and metric label")
     cost_aware: bool = True
     self_check: bool = Field(
         True, description="measure gating against pass-through, keep whichever is faster")
@@ -88,7 +90,7 @@ class SidecarSettings(BaseSettings):
     env_output_limit: int = Field(
         64 * 1024, ge=1024, description="bytes of stdout and of stderr kept per exec")
     k8s_namespace: str = Field("default", description="namespace of the kubernetes provider")
-    log_level: str = "warning"
+    log_level: str = "info"
 
     # Security and persistence (issue 7: thunder_middleware.security, thunder_middleware.store).
     state_dir: Path | None = Field(None, description="SQLite program store; none = in memory")
@@ -114,10 +116,14 @@ class SidecarSettings(BaseSettings):
     @field_validator("backends")
     @classmethod
     def _normalise_backends(cls, value: list[str]) -> list[str]:
+        # a backend is the engine's root (it serves /metrics and /health there); the OpenAI
+        # base URL (".../v1") that users copy from client code is taken to mean the same
         urls = [url.rstrip("/") for url in value]
+        urls = [url[: -len("/v1")] if url.endswith("/v1") else url for url in urls]
         for url in urls:
             if not url.startswith(("http://", "https://")):
-                raise ValueError(f"backend {url!r} is not an http(s) URL")
+                raise ValueError(f"backend {url!r} is not an http(s) URL (e.g. "
+                                 "http://vllm-0:8000)")
         return urls
 
     @field_validator("k8s_namespace")

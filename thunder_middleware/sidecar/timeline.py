@@ -1,9 +1,11 @@
 """Per-program step records: what happened to each LLM call of a program, and when.
 
 A step is one reasoning call; the time before it since the previous call ended is the
-program's acting period (its tool time, measured exactly when the tool ran through the
-sidecar's environments, otherwise the gap). Steps are kept in a bounded deque so that a
-program with thousands of steps cannot grow the sidecar without limit; totals cover all.
+program's acting period. Its tool time is measured exactly when the tool ran through the
+sidecar's environments (exec); otherwise, when the program announced its tools (tool
+intent), it is the time from the intent to the next call. Steps are kept in a bounded deque
+so that a program with thousands of steps cannot grow the sidecar without limit; totals
+cover all.
 """
 
 from __future__ import annotations
@@ -33,12 +35,14 @@ class StepRecord:
     cached_tokens: int | None = None
     completion_tokens: int | None = None
     acting_s: float | None = None  # gap since the previous step ended
-    tool_s: float = 0.0  # tool time measured by the environment manager before this step
+    tool_s: float = 0.0  # tool time before this step: exec time, else intent to arrival
     retried: bool = False
+    tools: tuple[str, ...] = ()  # the tools announced (tool intent) before this step
 
     def as_dict(self) -> dict[str, Any]:
-        # every field is a scalar, so no deep copy is needed: 1.5 us against 18 us for
-        # dataclasses.asdict, on every proxied call (benchmarks/results/sidecar_overhead.md)
+        # every field is a scalar or a tuple of strings (immutable), so no deep copy is
+        # needed: 1.5 us against 18 us for dataclasses.asdict, on every proxied call
+        # (benchmarks/results/sidecar_overhead.md)
         return {name: getattr(self, name) for name in STEP_FIELDS}
 
 
@@ -58,15 +62,32 @@ class ProgramTimeline:
     tool_s: float = 0.0
     pending_tool_s: float = 0.0
     last_step_end: float | None = None
+    tool_intents: int = 0
+    pending_tools: tuple[str, ...] = ()
+    intent_at: float | None = None  # wall time of the first intent since the last step
 
     def record_tool_time(self, duration_s: float) -> None:
         self.pending_tool_s += max(0.0, duration_s)
 
+    def record_intent(self, tools: list[str], now: float) -> None:
+        """The program announced ``tools``; they and the time until the next call belong to
+        the next step."""
+        self.tool_intents += 1
+        self.pending_tools = self.pending_tools + tuple(
+            name for name in tools if name not in self.pending_tools)
+        if self.intent_at is None:
+            self.intent_at = now
+
     def add(self, step: StepRecord) -> None:
         step.tool_s = self.pending_tool_s
+        if not step.tool_s and self.intent_at is not None:
+            step.tool_s = max(0.0, step.arrival - self.intent_at)
+        step.tools = self.pending_tools
         if self.last_step_end is not None:
             step.acting_s = max(0.0, step.arrival - self.last_step_end)
         self.pending_tool_s = 0.0
+        self.pending_tools = ()
+        self.intent_at = None
         self.steps.append(step)
         self.step_count += 1
         self.prompt_tokens += step.prompt_tokens or 0
@@ -91,6 +112,8 @@ class ProgramTimeline:
             # all measured tool time, including the execs since the last step (they join
             # the next step's tool_s): a program busy in tools shows it at once
             "tool_s": round(self.tool_s + self.pending_tool_s, 6),
+            "tool_intents": self.tool_intents,
+            "pending_tools": list(self.pending_tools),
         }
 
     def as_list(self) -> list[dict[str, Any]]:

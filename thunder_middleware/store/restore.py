@@ -45,6 +45,7 @@ def _step(stored: Any) -> tuple[StepRecord, float]:
     step = StepRecord(**{name: value for name, value in stored.items() if name in _STEP_FIELDS})
     if not isinstance(step.index, int):
         raise TypeError(f"step index {step.index!r} is not an integer")
+    step.tools = tuple(str(name) for name in step.tools or ())  # JSON gives a list
     end = float(step.arrival) + float(step.queue_wait_s) + float(step.total_s or 0.0)
     return step, end
 
@@ -66,6 +67,7 @@ def _timeline(summary: dict[str, Any], steps: list[dict[str, Any]], key: str = "
     timeline.completion_tokens = int(summary.get("completion_tokens") or 0)
     timeline.queue_wait_s = float(summary.get("queue_wait_s") or 0.0)
     timeline.tool_s = float(summary.get("tool_s") or 0.0)
+    timeline.tool_intents = int(summary.get("tool_intents") or 0)
     return timeline
 
 

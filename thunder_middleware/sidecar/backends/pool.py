@@ -91,6 +91,14 @@ async def detect_kind(client: httpx.AsyncClient, url: str) -> str:
     return "openai"
 
 
+def _cause(error: BaseException) -> str:
+    """A one-line cause a user can act on (connection refused, HTTP status, timeout)."""
+    text = str(error) or type(error).__name__
+    if "ConnectError" in text or "Connection refused" in text or "All connection" in text:
+        return f"{text} (nothing listening there? check the --backend URL and the engine)"
+    return text
+
+
 class BackendPool:
     """Backends by name (their URL), with their health as last observed."""
 
@@ -114,6 +122,9 @@ class BackendPool:
         self.backends: dict[str, Backend] = {}
         self.healthy: set[str] = set()
         self._seen: set[str] = set()  # backends tried at least once since start
+        # why each backend is not healthy now (absent while healthy): logged once per
+        # change, and named in the 503 a caller gets when no backend is healthy
+        self.reasons: dict[str, str] = {}
         self._hold_until: dict[str, float] = {}  # monotonic time before which no probe runs
         self._wake: dict[str, asyncio.Event] = {url: asyncio.Event() for url in self.urls}
         self._tasks: list[asyncio.Task[None]] = []
@@ -160,6 +171,11 @@ class BackendPool:
     def any_healthy(self) -> bool:
         return bool(self.healthy)
 
+    def down_reasons(self) -> dict[str, str]:
+        """Each backend that is not healthy, with why (as last observed)."""
+        return {url: self.reasons.get(url, "not probed yet") for url in self.urls
+                if url not in self.healthy}
+
     def get(self, name: str) -> Backend:
         return self.backends[name]
 
@@ -178,9 +194,20 @@ class BackendPool:
     # --- monitoring ----------------------------------------------------------------
     def _mark_down(self, backend: Backend, reason: str) -> None:
         self.healthy.discard(backend.name)
-        log.warning("backend %s unhealthy: %s", backend.name, reason)
+        self._note_failure(backend.name, reason)
         if self._listener is not None:
             self._listener.backend_down(backend, reason)
+
+    def _note_failure(self, url: str, reason: str) -> None:
+        """Remember why ``url`` is down; log it (WARNING) when the cause changes, so a dead
+        backend is named once at start-up, not once per probe."""
+        if self.reasons.get(url) != reason:
+            self.reasons[url] = reason
+            log.warning("backend %s unhealthy: %s", url, reason)
+
+    def _probe_failed(self, url: str, error: BaseException | None) -> None:
+        if error is not None:
+            self._note_failure(url, _cause(error))
 
     async def _adapter(self, url: str) -> Backend:
         backend = self.backends.get(url)
@@ -212,6 +239,8 @@ class BackendPool:
         async for attempt in AsyncRetrying(
             wait=wait_exponential(multiplier=0.2, max=self.max_backoff) + wait_random(0, 0.1),
             retry=retry_if_exception_type(BackendUnavailable),
+            before_sleep=lambda state: self._probe_failed(
+                url, state.outcome.exception() if state.outcome else None),
         ):
             with attempt:
                 return await self._scrape(url)
@@ -231,8 +260,9 @@ class BackendPool:
                         await asyncio.sleep(hold_s)
                     backend, metrics = await self._probe_until_up(url)
                     self.healthy.add(url)
-                    log.warning("backend %s healthy (%s, capacity %s tokens)", url,
-                                backend.kind, metrics.capacity_tokens)
+                    self.reasons.pop(url, None)
+                    log.info("backend %s healthy (%s, capacity %s tokens)", url,
+                             backend.kind, metrics.capacity_tokens)
                     if self._listener is not None:
                         self._listener.backend_up(backend, metrics)
             except BackendUnavailable as exc:
