@@ -23,9 +23,11 @@ from tests.sidecar.conftest import (
 )
 from thunder_middleware.launch import RunningServer
 
-# the defaults a user gets (cost-aware policy), with the same quick scrapes and checks
+# the defaults a user gets (cost-aware policy, self-checked), with the same quick scrapes
 DEFAULT_POLICY = [flag for flag in STRICT_POLICY if flag != "--no-cost-aware"]
 assert DEFAULT_POLICY != STRICT_POLICY
+# the cost-aware gate alone, as the self-check runs it once gating has paid
+COST_AWARE_GATE = [*DEFAULT_POLICY, "--no-self-check"]
 
 
 async def _fleet(url: str, count: int, prefix: str) -> None:
@@ -171,11 +173,11 @@ async def _decoding_fleet(url: str, count: int, steps: int, output: int) -> None
         await asyncio.gather(*(agent(i) for i in range(count)))
 
 
-def test_default_cost_aware_policy_under_pressure(small_twin: RunningServer) -> None:
-    """The default policy as shipped (cost-aware: it may overcommit the cached contexts of
-    acting programs, never the requests in flight) in front of one 1,024-token twin: six
-    agents whose calls decode 200 tokens on contexts growing to ~600, several times the
-    twin's capacity together.
+def test_cost_aware_gate_under_pressure(small_twin: RunningServer) -> None:
+    """The cost-aware gate (what the default runs once its self-check finds gating pays: it
+    may overcommit the cached contexts of acting programs, never the requests in flight) in
+    front of one 1,024-token twin: six agents whose calls decode 200 tokens on contexts
+    growing to ~600, several times the twin's capacity together.
 
     Every call succeeds and reaches the engine exactly once; the gate holds requests back
     (pauses), which keeps the engine out of a preemption storm: the same fleet sent to the
@@ -183,7 +185,7 @@ def test_default_cost_aware_policy_under_pressure(small_twin: RunningServer) -> 
     the sidecar counts tokens, the engine 16-token blocks), so the bound sits between; after
     the releases every program is terminated and nothing holds demand."""
     count, steps = 6, 4
-    with sidecar([small_twin.url], *DEFAULT_POLICY) as server:
+    with sidecar([small_twin.url], *COST_AWARE_GATE) as server:
         asyncio.run(_decoding_fleet(server.url, count, steps, output=200))
         programs = httpx.get(server.url + "/programs", timeout=5).json()["data"]
         assert sorted(p["program_id"] for p in programs) == [f"cost-{i}" for i in range(count)]
@@ -203,3 +205,23 @@ def test_default_cost_aware_policy_under_pressure(small_twin: RunningServer) -> 
         assert metric(server.url, "thunder_sidecar_gate_waiting_requests") == 0
         assert metric(server.url, "thunder_sidecar_backend_demand_tokens") == 0
         assert httpx.get(server.url + "/health", timeout=5).json()["programs"] == 0
+
+
+def test_default_policy_starts_in_pass_through_and_says_so(small_twin: RunningServer) -> None:
+    """As shipped, the sidecar gates nothing until it has measured that gating pays: the same
+    fleet that the gate pauses above goes straight through (no pause, nothing held), and
+    /metrics shows the backend in pass-through; with --no-self-check it shows the gate."""
+    count, steps = 6, 4
+    with sidecar([small_twin.url], *DEFAULT_POLICY) as server:
+        gating = 'backend="' + small_twin.url + '"'
+        assert metric(server.url, "thunder_sidecar_backend_gating", gating) == 0
+        asyncio.run(_decoding_fleet(server.url, count, steps, output=200))
+        programs = httpx.get(server.url + "/programs", timeout=5).json()["data"]
+        assert all(p["summary"]["steps"] == steps for p in programs), programs
+        assert sum(p["pauses"] for p in programs) == 0
+        waits = [step["queue_wait_s"] for p in programs
+                 for step in program(server.url, p["program_id"])["timeline"]]
+        assert max(waits) < 0.05, "pass-through holds nothing at the gate"
+    with sidecar([small_twin.url], *COST_AWARE_GATE) as server:
+        assert metric(server.url, "thunder_sidecar_backend_gating",
+                      'backend="' + small_twin.url + '"') == 1
