@@ -27,6 +27,8 @@ def run_script(stack: Stack, *args: str) -> str:
     done = subprocess.run([sys.executable, *args], cwd=EXAMPLES.parent, env=example_env(stack),
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    # a user runs these first: nothing they print may be a warning to go and investigate
+    assert "warn" not in (done.stdout + done.stderr).lower(), done.stderr[-4000:]
     return done.stdout
 
 
@@ -63,3 +65,6 @@ def test_notebook_runs(stack: Stack, path: Path, monkeypatch: pytest.MonkeyPatch
     errors = [output for cell in notebook.cells if cell.cell_type == "code"
               for output in cell.get("outputs", []) if output.get("output_type") == "error"]
     assert not errors
+    streams = [output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+               for output in cell.get("outputs", []) if output.get("output_type") == "stream"]
+    assert not [text for text in streams if "warn" in text.lower()], streams
