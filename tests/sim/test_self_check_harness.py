@@ -35,12 +35,14 @@ def test_where_gating_loses_the_default_falls_back_to_pass_through() -> None:
 
 def test_where_gating_pays_the_default_keeps_most_of_it() -> None:
     """SWE-agent-like agents, 48 of them on one H100 + Qwen3-8B: the fleet outgrows the KV
-    and plain vLLM re-prefills; the gate keeps the resident programs' caches."""
-    plain, _ = _run("vllm", "swe-agent", 48, 16, None)
-    gate, _ = _run("thunder-gate", "swe-agent", 48, 16, None)
-    ours, policy = _run("thunder", "swe-agent", 48, 16, None)
-    assert gate > 1.1 * plain, "the point must be one where the gate alone wins"
-    assert ours > 1.03 * plain, (ours / plain, gate / plain)
+    and plain vLLM re-prefills; the gate keeps the resident programs' caches. The check
+    starts in pass-through and must find that out first, which costs part of the gain in a
+    run of 30 steps per slot (about 40 minutes of agent time)."""
+    plain, _ = _run("vllm", "swe-agent", 48, 30, None)
+    gate, _ = _run("thunder-gate", "swe-agent", 48, 30, None)
+    ours, policy = _run("thunder", "swe-agent", 48, 30, None)
+    assert gate > 1.2 * plain, "the point must be one where the gate alone wins"
+    assert ours > 1.1 * plain, (ours / plain, gate / plain)
     assert isinstance(policy, ThunderPolicy)
     assert policy.scheduler.gating.main is GateMode.GATE
     assert policy.scheduler.gating.estimated_gain is not None
