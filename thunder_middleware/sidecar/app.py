@@ -89,6 +89,8 @@ def create_app(
         store or open_store(settings), time_scale=settings.time_scale,
         tick_interval_s=settings.check_interval, idle_timeout_s=settings.idle_timeout,
         prep_ahead=settings.prep_ahead,
+        # the upstream read timeout ends any call still talking to its backend by then
+        call_deadline_s=settings.request_timeout + settings.connect_timeout,
     )
     link = environment_link if environment_link is not None else environment_link_for(
         settings, runtime, metrics.registry)

@@ -81,6 +81,9 @@ def serve(
     k8s_namespace: str = typer.Option(
         None, help="Namespace of the kubernetes environment provider (default 'default')."),
     metrics_interval: float = typer.Option(None, help="Backend scrape period, s (default 1)."),
+    request_timeout: float = typer.Option(
+        None, help="Longest silence of a backend within a call, s; a call without progress "
+        "for this long (plus the connect timeout) is ended by the watchdog (default 600)."),
     cost_aware: bool = typer.Option(
         None, "--cost-aware/--no-cost-aware", help="Pause only when it pays off (default on)."
     ),
@@ -137,6 +140,7 @@ def serve(
             env_output_limit=env_output_limit,
             k8s_namespace=k8s_namespace,
             metrics_interval=metrics_interval,
+            request_timeout=request_timeout,
             cost_aware=cost_aware,
             strip_program_id=strip_program_id,
             log_level=log_level,

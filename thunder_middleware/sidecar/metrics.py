@@ -134,6 +134,10 @@ class SidecarMetrics:
             PREFIX + "backend_faults",
             "Times a backend was marked down (failed call, error streak or failed scrape)",
             ["backend"], registry=registry)
+        self.watchdog_ended = Counter(
+            PREFIX + "calls_ended_by_watchdog",
+            "In-flight calls ended by the watchdog after no progress within the request "
+            "timeout", registry=registry)
         self.prompt_tokens = Counter(PREFIX + "prompt_tokens", "Prompt tokens (usage)",
                                      registry=registry)
         self.cached_tokens = Counter(PREFIX + "cached_tokens", "Cached prompt tokens (usage)",
