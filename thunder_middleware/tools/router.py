@@ -7,15 +7,15 @@ bad input is an OpenAI-style 400, whatever app mounts the router.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from thunder_middleware.tools.errors import (
     InvalidSpec,
@@ -25,7 +25,14 @@ from thunder_middleware.tools.errors import (
 )
 from thunder_middleware.tools.handles import EnvHandle
 from thunder_middleware.tools.manager import EnvironmentManager
-from thunder_middleware.tools.specs import EnvSpec, default_presets, resolve_spec
+from thunder_middleware.tools.specs import (
+    EnvSpec,
+    check_command,
+    check_env,
+    check_text,
+    default_presets,
+    resolve_spec,
+)
 
 
 @dataclass
@@ -48,6 +55,23 @@ class ExecRequest(BaseModel):
     workdir: str | None = None
     env: dict[str, str] | None = None
 
+    # what reaches the OS (argv, cwd, environment) is checked here, so a bad exec is a 400
+    @field_validator("command")
+    @classmethod
+    def _valid_command(cls, value: list[str] | str) -> list[str] | str:
+        check_command(value, "command")
+        return value
+
+    @field_validator("workdir")
+    @classmethod
+    def _valid_workdir(cls, value: str | None) -> str | None:
+        return None if value is None else check_text(value, "workdir")
+
+    @field_validator("env")
+    @classmethod
+    def _valid_env(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        return check_env(value)
+
 
 class ToolCall(BaseModel):
     name: str = Field(..., min_length=1)
@@ -69,8 +93,10 @@ async def _json_body(request: Request) -> Any:
     if not raw:
         raise InvalidSpec("the request body must be a JSON object")
     try:
-        return json.loads(raw)
-    except ValueError as exc:
+        # orjson refuses nesting deeper than 1024 levels with a decode error, where the
+        # standard parser recurses until RecursionError
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         raise InvalidSpec(f"the request body is not valid JSON: {exc}") from exc
 
 
@@ -80,7 +106,8 @@ def _model(model: type[BaseModel], body: Any) -> Any:
     except ValidationError as exc:
         error = exc.errors()[0]
         param = ".".join(str(part) for part in error.get("loc", ())) or None
-        raise InvalidSpec(f"{param}: {error.get('msg')}", param=param) from exc
+        message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+        raise InvalidSpec(f"{param}: {message}", param=param) from exc
 
 
 def environment_router(

@@ -48,6 +48,9 @@ from thunder_middleware.tools.specs import EnvSpec
 
 logger = logging.getLogger(__name__)
 _REMOVE_ATTEMPTS = 5
+#: a directory without metadata younger than this may be a creation in flight (of another
+#: sidecar sharing the root); older, it is a leftover
+HALF_MADE_AGE_S = 60.0
 _READ_GRACE_S = 0.2  # output still arriving after exit (background children may hold the pipe)
 _PRLIMIT = shutil.which("prlimit")
 _TASKSET = shutil.which("taskset")
@@ -117,15 +120,18 @@ class LocalProvider(EnvironmentProvider):
         env_dir = self.root / placement.env_id
         work = env_dir / "work"
         try:
-            work.mkdir(parents=True)
+            # the metadata first: a directory is never without its owner, so release and the
+            # start-up sweep always find it, even when a later step fails
+            env_dir.mkdir(parents=True)
+            meta = {"owner": placement.owner, "instance": placement.instance_id,
+                    "env_id": placement.env_id, "created_at": time.time()}
+            (env_dir / "meta.json").write_text(json.dumps(meta))
+            work.mkdir()
             for volume in spec.volumes:
                 _inside(work, volume.mount).mkdir(parents=True, exist_ok=True)
             cwd = _inside(work, spec.workdir)
             cwd.mkdir(parents=True, exist_ok=True)
-            meta = {"owner": placement.owner, "instance": placement.instance_id,
-                    "env_id": placement.env_id, "created_at": time.time()}
-            (env_dir / "meta.json").write_text(json.dumps(meta))
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a path the OS cannot hold
             shutil.rmtree(env_dir, ignore_errors=True)
             raise ProviderError(f"cannot create the environment directory: {exc}") from exc
         ports = {f"PORT_{port}": str(host) for port, host in placement.host_ports.items()}
@@ -262,6 +268,9 @@ class LocalProvider(EnvironmentProvider):
                 if instance != own_instance_id and labels.instance_is_dead(instance):
                     shutil.rmtree(env_dir, ignore_errors=True)
                     removed += 1
+            for env_dir in self._half_made():
+                shutil.rmtree(env_dir, ignore_errors=True)
+                removed += 1
             return ReclaimedCounts(processes=killed, directories=removed)
 
         return await asyncio.to_thread(sweep)
@@ -269,6 +278,18 @@ class LocalProvider(EnvironmentProvider):
     async def count_owned(self, owner: str | None = None) -> int:
         return sum(owner is None or meta.get("owner") == owner
                    for _, meta in self._environment_metadata())
+
+    def _half_made(self) -> Iterator[Path]:
+        """Directories without metadata that no creation is still making: what a creation
+        that died between its mkdir and its metadata (or an older sidecar) left behind."""
+        limit = time.time() - HALF_MADE_AGE_S
+        for env_dir in self.root.iterdir():
+            try:
+                if env_dir.is_dir() and not (env_dir / "meta.json").exists() \
+                        and env_dir.stat().st_mtime < limit:
+                    yield env_dir
+            except OSError:
+                continue
 
     def _environment_metadata(self) -> Iterator[tuple[Path, dict[str, Any]]]:
         """Each environment directory under the root with its ``meta.json``; directories
