@@ -34,6 +34,7 @@ from thunder_middleware.sidecar.routes_openai import router as openai_router
 from thunder_middleware.sidecar.routes_programs import router as programs_router
 from thunder_middleware.sidecar.runtime import SchedulerRuntime
 from thunder_middleware.sidecar.settings import SidecarSettings
+from thunder_middleware.sidecar.store_guard import GuardedStore
 from thunder_middleware.store.restore import redeclare_environments, restore_registry
 
 log = logging.getLogger(__name__)
@@ -84,9 +85,11 @@ def create_app(
         session_factory=lambda: make_session(settings.max_connections, settings.request_timeout,
                                              settings.connect_timeout, settings.backend_api_key),
     )
+    guarded = GuardedStore(store or open_store(settings), metrics.store_degraded,
+                           metrics.store_write_failures)
     runtime = SchedulerRuntime(
         ProgramScheduler(policy_config(settings)), pool, metrics,
-        store or open_store(settings), time_scale=settings.time_scale,
+        guarded, time_scale=settings.time_scale,
         tick_interval_s=settings.check_interval, idle_timeout_s=settings.idle_timeout,
         prep_ahead=settings.prep_ahead,
         # the upstream read timeout ends any call still talking to its backend by then

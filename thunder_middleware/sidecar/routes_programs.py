@@ -82,6 +82,7 @@ async def register_program(body: RegisterProgram, request: Request,
                            tenant: str = Depends(resolve_tenant)) -> dict[str, Any]:
     """Register a program before its first call, preparing its environment at once."""
     runtime = _runtime(request)
+    runtime.require_writable_store()
     program_id = validate_program_id(body.program_id, "program_id", _max_len(request))
     key = namespaced(tenant, program_id)
     wants_environment = body.environment is not None or body.preset is not None
@@ -119,6 +120,7 @@ async def release_program(body: ReleaseProgram, request: Request,
     answer says ``"status": "pending"``.
     """
     runtime = _runtime(request)
+    runtime.require_writable_store()
     program_id = validate_program_id(body.program_id, "program_id", _max_len(request))
     key = namespaced(tenant, program_id)
     program = runtime.release(key)

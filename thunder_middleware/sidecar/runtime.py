@@ -44,6 +44,7 @@ from thunder_middleware.sidecar.identity import is_anonymous_key
 from thunder_middleware.sidecar.metrics import SidecarMetrics
 from thunder_middleware.sidecar.persistence import ProgramStore, StoredProgram
 from thunder_middleware.sidecar.registry import ProgramRegistry, TrackedProgram
+from thunder_middleware.sidecar.store_guard import GuardedStore
 from thunder_middleware.sidecar.timeline import StepOutcome, StepRecord
 
 log = logging.getLogger(__name__)
@@ -297,6 +298,19 @@ class SchedulerRuntime:
         self.pool.report_failure(name, reason, hold_down_s=hold_down_s)
 
     # --- control API --------------------------------------------------------------------
+    def require_writable_store(self) -> None:
+        """Raise a 503 while the store holds writes in memory (see store_guard)."""
+        if isinstance(self.store, GuardedStore):
+            self.store.require_writable()
+
+    def environment_declared(self, key: str, spec: dict[str, Any]) -> None:
+        """A declaration (PUT) replaced the program's environment: store its spec, so that a
+        restarted sidecar declares it again, as it does for one given at registration."""
+        program = self.registry.live.get(key)
+        if program is not None:
+            program.environment_spec = spec
+            self._save(program)
+
     def register(self, key: str, environment_spec: dict[str, Any] | None = None) -> TrackedProgram:
         program = self.ensure_program(key)
         if environment_spec is not None:
@@ -501,6 +515,8 @@ class SchedulerRuntime:
 
     def tick(self) -> None:
         self.end_overdue_calls()
+        if isinstance(self.store, GuardedStore) and self.store.degraded:
+            self.store.recover()
         now = self.now()
         for key in list(self._tools_running):  # a long exec keeps its program alive
             if key in self.registry.live:

@@ -45,6 +45,10 @@ class EnvironmentHooks:
     record_tool_time: Callable[[str, float, float], None]  # (key, started_at, duration_s)
     # an exec began (its end is record_tool_time): lets the owner see a long tool as activity
     tool_started: Callable[[str], None] | None = None
+    # before a declaration: raises (the owner's own error type) when it cannot be kept
+    may_declare: Callable[[], None] | None = None
+    # after a declaration succeeded, with the body that declared it: the owner persists it
+    environment_declared: Callable[[str, dict[str, Any]], None] | None = None
 
 
 class ExecRequest(BaseModel):
@@ -133,10 +137,15 @@ def environment_router(
     async def declare_environment(program_id: str, request: Request) -> JSONResponse:
         try:
             key = await live_key(request, program_id)
-            spec = resolve_spec(await _json_body(request), known_presets)
+            body = await _json_body(request)
+            spec = resolve_spec(body, known_presets)
             await manager.validate(spec)  # a 400 before the program is registered
+            if hooks.may_declare is not None:
+                hooks.may_declare()
             await hooks.ensure_program(key)
             handle = await manager.declare(key, spec, validated=True)
+            if hooks.environment_declared is not None and isinstance(body, dict):
+                hooks.environment_declared(key, body)
             return JSONResponse(public(handle, program_id))
         except ToolEnvironmentError as exc:
             return error_response(exc)
