@@ -17,6 +17,7 @@ from thunder_middleware.security.auth import Authenticator
 from thunder_middleware.security.config import SecurityConfig
 from thunder_middleware.security.errors import AccessRefused
 from thunder_middleware.security.limits import (
+    DEFAULT_BODY_DEADLINE_S,
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_HEADER_BYTES,
@@ -33,13 +34,15 @@ class RequestLimitSettings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    body_deadline_s: float = DEFAULT_BODY_DEADLINE_S
 
     def middleware_options(self) -> dict[str, Any]:
         """The keyword arguments of :class:`RequestLimits`, for every stack that installs it
         (FastAPI's, and the sidecar's raw completion path)."""
         return {"max_body_bytes": self.max_body_bytes,
                 "max_header_bytes": self.max_header_bytes,
-                "body_timeout_s": self.body_timeout_s}
+                "body_timeout_s": self.body_timeout_s,
+                "body_deadline_s": self.body_deadline_s}
 
 
 def as_api_error(refused: AccessRefused) -> APIError:

@@ -133,7 +133,7 @@ def create_app(
     app.state.environment_link = link
     install_error_handlers(app)
     limits = RequestLimitSettings(settings.max_body_bytes, settings.max_header_bytes,
-                                  settings.body_timeout)
+                                  settings.body_timeout, settings.body_deadline)
     caps = install_security(app, security_config(settings), limits)
     app.completion_path = completion_stack(metrics, limits)
     runtime.admit_program, runtime.admit_environment = tenant_admission(

@@ -101,6 +101,10 @@ def serve(
     max_body_bytes: int = typer.Option(None, help="Largest request body (default 16 MiB)."),
     max_header_bytes: int = typer.Option(None, help="Largest header block (default 32 KiB)."),
     body_timeout: float = typer.Option(None, help="Seconds between body chunks (default 30)."),
+    body_deadline: float = typer.Option(
+        None, help="Seconds for a whole request body, however it trickles (default 300)."),
+    header_timeout: float = typer.Option(
+        None, help="Seconds for a request's headers to arrive (default 10)."),
     max_programs_per_tenant: int = typer.Option(None, help="Live programs per tenant."),
 ) -> None:
     """Run the program-aware sidecar."""
@@ -149,6 +153,8 @@ def serve(
             max_body_bytes=max_body_bytes,
             max_header_bytes=max_header_bytes,
             body_timeout=body_timeout,
+            body_deadline=body_deadline,
+            header_timeout=header_timeout,
             max_programs_per_tenant=max_programs_per_tenant,
         )
     except ValidationError as exc:
@@ -184,8 +190,11 @@ def serve(
     except (StoreError, ProviderUnavailable) as exc:  # a newer --state-dir, no engine
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from exc
+    from thunder_middleware.sidecar.deadlines import header_deadline_protocol
+
     uvicorn.run(
         app,
+        http=header_deadline_protocol(settings.header_timeout),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),

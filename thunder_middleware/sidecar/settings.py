@@ -98,6 +98,11 @@ class SidecarSettings(BaseSettings):
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_header_bytes: int = Field(32 * 1024, ge=1024)
     body_timeout: float = Field(30.0, gt=0, description="s between body chunks before a 408")
+    body_deadline: float = Field(
+        300.0, gt=0, description="s for a whole request body, however it trickles, before a 408")
+    header_timeout: float = Field(
+        10.0, gt=0, description="s from a connection (or a request's first byte) to the end "
+        "of its headers before a 408 and close")
 
     _toml_path: ClassVar[Path | None] = None
 
