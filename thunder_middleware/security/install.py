@@ -24,6 +24,7 @@ from thunder_middleware.security.limits import (
     RequestLimits,
     TenantCaps,
 )
+from thunder_middleware.security.throttle import FailedKeyThrottle
 from thunder_middleware.sidecar.errors import APIError
 from thunder_middleware.sidecar.identity import is_anonymous_key, split_key
 from thunder_middleware.sidecar.registry import ProgramRegistry
@@ -51,15 +52,17 @@ def as_api_error(refused: AccessRefused) -> APIError:
 
 
 def install_security(app: FastAPI, config: SecurityConfig,
-                     limits: RequestLimitSettings | None = None) -> TenantCaps:
+                     limits: RequestLimitSettings | None = None,
+                     throttle: FailedKeyThrottle | None = None) -> TenantCaps:
     """Make ``app`` authenticate callers and enforce limits; returns the caps to consult
     when a tenant starts a program or an environment."""
-    authenticator = Authenticator(config)
+    authenticator = Authenticator(config, throttle)
     caps = TenantCaps(config)
 
     async def tenant_resolver(request: Request) -> str:
+        address = request.client.host if request.client is not None else None
         try:
-            return await authenticator.tenant_of(request.headers)
+            return await authenticator.tenant_of(request.headers, address)
         except AccessRefused as refused:
             raise as_api_error(refused) from refused
 

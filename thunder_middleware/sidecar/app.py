@@ -23,7 +23,9 @@ from thunder_middleware.security.install import (
     install_security,
     tenant_admission,
 )
+from thunder_middleware.security.throttle import FailedKeyThrottle
 from thunder_middleware.sidecar.backends.pool import BackendPool, make_client, make_session
+from thunder_middleware.sidecar.docs import HIDDEN_DOCS, guarded_docs_router
 from thunder_middleware.sidecar.environments import EnvironmentLink, environment_link_for
 from thunder_middleware.sidecar.errors import install_error_handlers
 from thunder_middleware.sidecar.fast_path import SidecarApp, completion_stack
@@ -125,7 +127,9 @@ def create_app(
             await link.close()
             await runtime.close()
 
-    app = SidecarApp(title="thunder-middleware sidecar", lifespan=lifespan)
+    guard_docs = security_config(settings).auth_enabled and not settings.public_docs
+    app = SidecarApp(title="thunder-middleware sidecar", lifespan=lifespan,
+                     **(HIDDEN_DOCS if guard_docs else {}))
     app.state.settings = settings
     app.state.runtime = runtime
     app.state.metrics = metrics
@@ -134,7 +138,10 @@ def create_app(
     install_error_handlers(app)
     limits = RequestLimitSettings(settings.max_body_bytes, settings.max_header_bytes,
                                   settings.body_timeout, settings.body_deadline)
-    caps = install_security(app, security_config(settings), limits)
+    caps = install_security(app, security_config(settings), limits, FailedKeyThrottle(
+        settings.failed_key_burst, settings.failed_key_rate))
+    if guard_docs:
+        app.include_router(guarded_docs_router(app))
     app.completion_path = completion_stack(metrics, limits)
     runtime.admit_program, runtime.admit_environment = tenant_admission(
         caps, runtime.registry,
@@ -144,7 +151,7 @@ def create_app(
     app.include_router(programs_router)
     app.include_router(link.router())
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health(request: Request) -> JSONResponse:
         """200 while the sidecar runs (liveness); ``status`` says whether work can flow."""
         views = {view.name: view for view in runtime.scheduler.backend_views(runtime.now())}

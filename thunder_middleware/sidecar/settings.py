@@ -95,6 +95,12 @@ class SidecarSettings(BaseSettings):
     max_programs_per_tenant: int | None = Field(None, ge=1)
     max_environments_per_tenant: int | None = Field(None, ge=0)
     allow_unauthenticated_remote: bool = False
+    # with keys on, /docs, /redoc and /openapi.json need a key too, unless this is set
+    public_docs: bool = False
+    failed_key_burst: int = Field(
+        10, ge=1, description="unknown-key checks (one scrypt each) per client address...")
+    failed_key_rate: float = Field(
+        1.0, gt=0, description="...refilled at this many a second; then 429")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_header_bytes: int = Field(32 * 1024, ge=1024)
     body_timeout: float = Field(30.0, gt=0, description="s between body chunks before a 408")
