@@ -98,6 +98,12 @@ def serve(
     allow_unauthenticated_remote: bool = typer.Option(
         None, "--allow-unauthenticated-remote",
         help="Allow a non-loopback --host without API keys (trusted networks only)."),
+    trust_local_tenants: bool = typer.Option(
+        None, "--trust-local-tenants",
+        help="Allow several tenants on the local environment provider, which does not "
+        "isolate them from each other (see docs/SECURITY.md)."),
+    public_docs: bool = typer.Option(
+        None, "--public-docs", help="Serve /docs and /openapi.json without a key."),
     max_body_bytes: int = typer.Option(None, help="Largest request body (default 16 MiB)."),
     max_header_bytes: int = typer.Option(None, help="Largest header block (default 32 KiB)."),
     body_timeout: float = typer.Option(None, help="Seconds between body chunks (default 30)."),
@@ -150,6 +156,8 @@ def serve(
             log_level=log_level,
             state_dir=state_dir,
             allow_unauthenticated_remote=allow_unauthenticated_remote,
+            trust_local_tenants=trust_local_tenants,
+            public_docs=public_docs,
             max_body_bytes=max_body_bytes,
             max_header_bytes=max_header_bytes,
             body_timeout=body_timeout,
@@ -171,12 +179,17 @@ def serve(
         typer.echo(f"invalid --env-presets: {exc}", err=True)
         raise typer.Exit(2) from exc
     from thunder_middleware.security import UnsafeBindError, check_bind
+    from thunder_middleware.security.isolation import UnsafeIsolationError, check_isolation
     from thunder_middleware.sidecar.app import security_config
 
+    security = security_config(settings)
     try:
-        check_bind(settings.host, auth_enabled=security_config(settings).auth_enabled,
+        check_bind(settings.host, auth_enabled=security.auth_enabled,
                    allow_unauthenticated_remote=settings.allow_unauthenticated_remote)
-    except UnsafeBindError as exc:
+        check_isolation(tenants=sum(1 for tenant in security.tenants if tenant.keys),
+                        provider=settings.env_provider,
+                        tenants_trusted=settings.trust_local_tenants)
+    except (UnsafeBindError, UnsafeIsolationError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from exc
     logging.basicConfig(

@@ -95,6 +95,8 @@ class SidecarSettings(BaseSettings):
     max_programs_per_tenant: int | None = Field(None, ge=1)
     max_environments_per_tenant: int | None = Field(None, ge=0)
     allow_unauthenticated_remote: bool = False
+    # several tenants on the local environment provider (no isolation) only when set
+    trust_local_tenants: bool = False
     # with keys on, /docs, /redoc and /openapi.json need a key too, unless this is set
     public_docs: bool = False
     failed_key_burst: int = Field(

@@ -121,6 +121,9 @@ class EnvSpec(BaseModel):
     ports: list[int] = Field(default_factory=list, max_length=16)
     volumes: list[VolumeSpec] = Field(default_factory=list, max_length=8)
     cpus: float | None = Field(None, gt=0, le=256, description="CPU cores (may be fractional)")
+    pids: int | None = Field(
+        None, ge=16, le=1_000_000,
+        description="most processes at once (container providers; default theirs)")
     memory: int | None = Field(None, description="bytes, or a string such as '512m'")
     readiness: ReadinessCheck | None = None
     idle_timeout_s: float | None = Field(None, gt=0, description="reclaim after this idle time")
