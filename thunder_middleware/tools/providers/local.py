@@ -5,8 +5,10 @@ The embedded default where no container engine exists. Each environment gets
 new session (its own process group) with the spec's limits applied before exec (``prlimit``,
 ``taskset``): memory as ``RLIMIT_AS``, CPUs as an affinity mask of ``ceil(cpus)`` cores (without
 cgroups a fraction of a core cannot be enforced), no core dumps. Ports are host ports handed in
-through ``PORT`` and ``PORT_<n>``; volumes are directories under ``work/``. Reclaim kills every
-labelled process and removes the directory.
+through ``PORT`` and ``PORT_<n>``; volumes are directories under ``work/``. Every process of
+an environment runs in a PID namespace of its own (``pidns``): reclaim ends the namespace,
+which ends every process in it however it detached, kills every labelled process (the
+fallback where namespaces are unavailable) and removes the directory.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from thunder_middleware.tools import labels
 from thunder_middleware.tools.disk import directory_usage
 from thunder_middleware.tools.errors import InvalidSpec, ProviderError
 from thunder_middleware.tools.handles import ExecResult, ReclaimedCounts
+from thunder_middleware.tools.providers import pidns
 from thunder_middleware.tools.providers.base import (
     EXIT_NOT_EXECUTABLE,
     EXIT_NOT_FOUND,
@@ -97,6 +100,12 @@ class LocalProvider(EnvironmentProvider):
         self.root.mkdir(parents=True, exist_ok=True)
         #: Environments whose directory survived every removal attempt (also logged).
         self.removal_failures = 0
+        #: whether environments get a PID namespace each (see pidns)
+        self.pid_namespaces = pidns.namespaces_work()
+
+    def _in_namespace(self, instance: Instance, argv: list[str]) -> list[str]:
+        ns_pid: int | None = instance.data.get("ns_pid")
+        return argv if ns_pid is None else pidns.enter_argv(ns_pid, argv)
 
     async def validate(self, spec: EnvSpec) -> None:
         argv = spec.command_argv()
@@ -151,16 +160,32 @@ class LocalProvider(EnvironmentProvider):
                 "main": None,
             },
         )
+        holder_argv = pidns.holder_argv() if self.pid_namespaces else None
+        if holder_argv is not None:
+            try:
+                holder = await asyncio.create_subprocess_exec(
+                    *holder_argv, cwd=cwd, env=self._environment(instance, None),
+                    stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
+                instance.data["holder"] = holder
+                instance.data["ns_pid"] = await pidns.namespace_pid(holder)
+            except OSError as exc:
+                pidns.end_namespace(None, instance.data.get("holder"))
+                shutil.rmtree(env_dir, ignore_errors=True)
+                raise ProviderError(f"cannot start the environment's PID namespace: {exc}"
+                                    ) from exc
         argv = spec.command_argv()
         if argv:
             log = open(env_dir / "main.log", "ab")  # noqa: SIM115 - handed to the child
             try:
                 instance.data["main"] = await asyncio.create_subprocess_exec(
-                    *limited_argv(argv, spec), cwd=cwd, env=self._environment(instance, None),
+                    *self._in_namespace(instance, limited_argv(argv, spec)), cwd=cwd,
+                    env=self._environment(instance, None),
                     stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
                     start_new_session=True,
                 )
             except OSError as exc:
+                pidns.end_namespace(instance.data.get("ns_pid"), instance.data.get("holder"))
                 shutil.rmtree(env_dir, ignore_errors=True)
                 raise InvalidSpec(f"cannot start {argv[0]!r}: {exc.strerror}",
                                   param="command") from exc
@@ -188,7 +213,8 @@ class LocalProvider(EnvironmentProvider):
         with CommandPipes(output.stdout, output.stderr) as pipes:
             try:
                 process = await asyncio.create_subprocess_exec(
-                    *limited_argv(argv, instance.data["spec"]), cwd=cwd, env=environment,
+                    *self._in_namespace(instance, limited_argv(argv, instance.data["spec"])),
+                    cwd=cwd, env=environment,
                     stdin=asyncio.subprocess.DEVNULL, stdout=pipes.stdout_write,
                     stderr=pipes.stderr_write, start_new_session=True,
                 )
@@ -216,11 +242,21 @@ class LocalProvider(EnvironmentProvider):
     async def destroy(self, instance: Instance) -> ReclaimedCounts:
         """Kill and remove; a step that fails is logged and the next still runs, so that a
         failure to kill or to read never leaves the directory behind."""
+        holder: asyncio.subprocess.Process | None = instance.data.get("holder")
+        ns_pid: int | None = instance.data.get("ns_pid")
+        in_namespace = set(pidns.members(ns_pid))
+        pidns.end_namespace(ns_pid, holder)  # every process in it dies with its first
+        if holder is not None:
+            await holder.wait()
         try:
-            killed = kill_processes(processes_with(labels.ENV_VAR_ENV_ID, instance.env_id))
+            # the fallback without a namespace, and whatever escaped one
+            labelled = processes_with(labels.ENV_VAR_ENV_ID, instance.env_id)
+            kill_processes(labelled)
+            ours = {ns_pid, holder.pid if holder is not None else None}
+            killed = len((in_namespace | set(labelled)) - ours)
         except OSError as exc:
             logger.warning("environment %s: finding its processes failed: %r", instance.env_id, exc)
-            killed = 0
+            killed = len(in_namespace)
         main: asyncio.subprocess.Process | None = instance.data.get("main")
         if main is not None and main.returncode is None:
             # os.killpg, not main.kill(): Popen.send_signal() polls first and would reap the
