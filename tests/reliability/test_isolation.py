@@ -15,10 +15,14 @@ TWO_TENANTS = {"THUNDER_API_KEYS": f"a:{hash_key(new_key())},b:{hash_key(new_key
 
 
 def test_two_tenants_on_the_local_provider_are_refused(fast_twin: RunningServer) -> None:
-    with pytest.raises(RuntimeError) as refused:
-        start_sidecar([fast_twin.url], extra_args=[*LOCAL, "--env-provider", "local"],
-                      env=TWO_TENANTS, timeout=30)
-    message = str(refused.value)
+    try:
+        started = start_sidecar([fast_twin.url], extra_args=[*LOCAL, "--env-provider", "local"],
+                                env=TWO_TENANTS, timeout=30)
+    except RuntimeError as refused:
+        message = str(refused)
+    else:
+        started.stop()
+        pytest.fail("the sidecar started with two tenants on the local provider")
     assert "exited with 2" in message and "--trust-local-tenants" in message, message
     assert "SECURITY.md" in message
 
