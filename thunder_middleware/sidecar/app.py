@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from thunder_middleware.policy import PolicyConfig, ProgramScheduler
+from thunder_middleware.policy.tenant_share import TenantShare
 from thunder_middleware.security.config import SecurityConfig, merge_api_keys
 from thunder_middleware.security.install import (
     RequestLimitSettings,
@@ -37,6 +38,7 @@ from thunder_middleware.sidecar.routes_programs import router as programs_router
 from thunder_middleware.sidecar.runtime import SchedulerRuntime
 from thunder_middleware.sidecar.settings import SidecarSettings
 from thunder_middleware.sidecar.store_guard import GuardedStore
+from thunder_middleware.sidecar.tenant_gate import TenantGate
 from thunder_middleware.store.restore import redeclare_environments, restore_registry
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,14 @@ def create_app(
     link = environment_link if environment_link is not None else environment_link_for(
         settings, runtime, metrics.registry)
     runtime.environments = link.manager if link.enabled else None
+    security = security_config(settings)
+    tenants = [tenant for tenant in security.tenants if tenant.keys]
+    if settings.tenant_fair_share and len(tenants) >= 2:
+        runtime.tenant_gate = TenantGate(
+            TenantShare({tenant.name: tenant.weight for tenant in tenants},
+                         settings.tenant_max_inflight),
+            lambda: sum(view.capacity_tokens for view in
+                        runtime.scheduler.backend_views(runtime.now()) if view.healthy))
     restored = restore_registry(runtime.registry, runtime.store.load(), runtime.store.load_steps)
     if restored.live or restored.ended:
         log.warning("restored %d live and %d ended programs from the store", restored.live,

@@ -150,7 +150,8 @@ class Proxy:
             try:
                 lease = await self.runtime.acquire(key, parsed.prompt_chars, receive,
                                                    prompt_tokens_hint=parsed.prompt_tokens_hint,
-                                                   retried=attempt > 0)
+                                                   retried=attempt > 0,
+                                                   call_tokens=call_tokens(parsed))
             except ClientDisconnected:
                 self.metrics.requests.labels(route=route, outcome="abandoned").inc()
                 return Response(status_code=CLIENT_CLOSED_REQUEST)
@@ -392,6 +393,15 @@ class Proxy:
 
 
 EXCLUDED_KEY = "thunder.excluded_s"
+#: characters per token when a call's prompt size is only known in characters
+CHARS_PER_TOKEN = 4
+
+
+def call_tokens(parsed: ParsedRequest) -> int:
+    """The KV tokens a call may hold at most: its prompt and the output it asks for."""
+    prompt = parsed.prompt_tokens_hint or parsed.prompt_chars // CHARS_PER_TOKEN
+    output = parsed.body.get("max_tokens") or parsed.body.get("max_completion_tokens")
+    return prompt + (output if isinstance(output, int) and output > 0 else 0)
 
 
 def _cancel_task(lease: Lease) -> Callable[[], None]:

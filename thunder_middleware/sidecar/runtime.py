@@ -40,11 +40,12 @@ from thunder_middleware.sidecar.gates import (
     Receive,
     wait_for_backend,
 )
-from thunder_middleware.sidecar.identity import is_anonymous_key
+from thunder_middleware.sidecar.identity import is_anonymous_key, split_key
 from thunder_middleware.sidecar.metrics import SidecarMetrics
 from thunder_middleware.sidecar.persistence import ProgramStore, StoredProgram
 from thunder_middleware.sidecar.registry import ProgramRegistry, TrackedProgram
 from thunder_middleware.sidecar.store_guard import GuardedStore
+from thunder_middleware.sidecar.tenant_gate import TenantGate
 from thunder_middleware.sidecar.timeline import StepOutcome, StepRecord
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,8 @@ class Lease:
     on_abort: Callable[[], None] | None = None
     #: the task serving the call's HTTP request (the watchdog's last resort)
     task: asyncio.Task[Any] | None = None
+    #: the KV tokens the call holds of its tenant's share (None: no tenant gate)
+    tenant_tokens: int | None = None
 
     def abort(self, reason: str) -> None:
         """Ask the call to end now; its client gets ``reason`` as an error."""
@@ -136,6 +139,8 @@ class SchedulerRuntime:
         # read timeout would have ended it): the watchdog ends it
         self.call_deadline_s = call_deadline_s
         self.inflight: set[Lease] = set()  # every lease not yet ended
+        # fair share between tenants (several tenants configured): calls wait here first
+        self.tenant_gate: TenantGate | None = None
         self._tick_task: asyncio.Task[None] | None = None
         # tenant caps (security.TenantCaps via the app): raise APIError(429) to refuse
         self.admit_program: Callable[[str], None] | None = None
@@ -197,13 +202,34 @@ class SchedulerRuntime:
         return program
 
     async def acquire(self, key: str, prompt_chars: int, receive: Receive,
-                      *, retried: bool = False, prompt_tokens_hint: int | None = None) -> Lease:
-        """Wait until the policy lets a request of ``key`` through; return where to send it.
+                      *, retried: bool = False, prompt_tokens_hint: int | None = None,
+                      call_tokens: int = 0) -> Lease:
+        """Wait until the tenant's fair share (``call_tokens`` of KV) and then the policy let
+        a request of ``key`` through; return where to send it.
 
         Raises ClientDisconnected (reported to the policy as abandoned) or APIError(409)
         when the program ends while the request waits.
         """
         program = self.ensure_program(key)
+        gate = self.tenant_gate
+        if gate is None:
+            return await self._acquire(key, program, prompt_chars, receive, retried=retried,
+                                       prompt_tokens_hint=prompt_tokens_hint)
+        tenant = split_key(key)[0]
+        await gate.enter(tenant, call_tokens, receive)
+        try:
+            lease = await self._acquire(key, program, prompt_chars, receive, retried=retried,
+                                        prompt_tokens_hint=prompt_tokens_hint)
+        except BaseException:
+            gate.leave(tenant, call_tokens)
+            raise
+        lease.tenant_tokens = call_tokens
+        return lease
+
+    async def _acquire(self, key: str, program: TrackedProgram, prompt_chars: int,
+                       receive: Receive, *, retried: bool,
+                       prompt_tokens_hint: int | None) -> Lease:
+        """The program gate: the policy's Admit or Restore."""
         arrival_wall = time.time()
         arrival = time.perf_counter()
         future = self.gates.open(key)
@@ -255,6 +281,8 @@ class SchedulerRuntime:
         lease.ended = True
         lease.on_abort = None
         self.inflight.discard(lease)
+        if lease.tenant_tokens is not None and self.tenant_gate is not None:
+            self.tenant_gate.leave(split_key(lease.key)[0], lease.tenant_tokens)
         scale = self.time_scale
         timing = None
         if total_s is not None:

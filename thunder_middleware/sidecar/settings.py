@@ -93,6 +93,11 @@ class SidecarSettings(BaseSettings):
     api_keys: str | None = Field(None, description="tenant:hash,... (THUNDER_API_KEYS)")
     tenants: list[TenantConfig] = Field(default_factory=list, description="[[tenants]] tables")
     max_programs_per_tenant: int | None = Field(None, ge=1)
+    # with several tenants: each holds at most its weighted share of the backends' KV in
+    # calls in flight (weights per [[tenants]] table, equal by default), and at most this
+    # many calls in flight
+    tenant_fair_share: bool = True
+    tenant_max_inflight: int | None = Field(None, ge=1)
     max_environments_per_tenant: int | None = Field(None, ge=0)
     allow_unauthenticated_remote: bool = False
     # several tenants on the local environment provider (no isolation) only when set
