@@ -28,9 +28,14 @@ def _timeout_answer(timeout_s: float) -> bytes:
             + body)
 
 
-def header_deadline_protocol(timeout_s: float) -> type[asyncio.Protocol]:
-    """uvicorn's httptools protocol with the header deadline (``uvicorn.run(http=...)``)."""
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+def header_deadline_protocol(timeout_s: float) -> type[asyncio.Protocol] | str:
+    """uvicorn's httptools protocol with the header deadline (``uvicorn.run(http=...)``);
+    uvicorn's own choice ("auto"), without the deadline, where httptools is missing."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        log.warning("httptools is not installed: request headers have no deadline")
+        return "auto"
 
     answer = _timeout_answer(timeout_s)
 
