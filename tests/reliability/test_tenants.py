@@ -29,6 +29,9 @@ def guarded(fast_twin: RunningServer, tmp_path_factory: pytest.TempPathFactory
     config.write_text(f'[[tenants]]\nname = "carol"\nkeys = ["{hash_key(CAROL)}"]\n'
                       "max_programs = 2\nmax_environments = 1\n")
     flags = [flag for flag in STRICT_POLICY if flag not in ("--env-provider", "none")]
+    # these tests are about ids and caps, not isolation: the tenants are declared to trust
+    # each other on the local provider (test_isolation covers the refusal)
+    flags.append("--trust-local-tenants")
     server = start_sidecar([fast_twin.url], extra_args=[*flags, "--config", str(config)], env={
         "THUNDER_API_KEYS": f"alice:{hash_key(ALICE)},bob:{hash_key(BOB)}",
         "THUNDER_ENV_ROOT": str(root / "envs")})

@@ -112,3 +112,27 @@ async def test_bad_input_is_4xx_and_leaks_nothing(docker_manager: EnvironmentMan
     await asyncio.sleep(0.2)
     assert containers_of(docker_manager, "t/bad") == []
     assert docker_manager.ports.in_use == 0
+
+
+async def test_process_limit_is_applied(docker_manager: EnvironmentManager) -> None:
+    """A fork bomb stops at the environment's process limit (the spec's, or the provider's
+    default), and setuid programs cannot raise privileges."""
+    from thunder_middleware.tools.providers.docker import DEFAULT_PIDS_LIMIT
+
+    await docker_manager.declare("t/pids", parse_spec({"image": TEST_IMAGE, "pids": 40}))
+    bomb = await docker_manager.exec(
+        "t/pids", "i=0; while [ $i -lt 100 ]; do sleep 30 & i=$((i+1)); done; echo all",
+        timeout_s=30)
+    assert bomb.exit_code != 0 and "can't fork" in bomb.stderr, bomb
+    await docker_manager.declare("t/default", parse_spec({"image": TEST_IMAGE}))
+    await docker_manager.exec("t/default", "true", timeout_s=30)
+    client = docker_manager.provider.client  # type: ignore[attr-defined]
+    limits = {}
+    for owner in ("t/pids", "t/default"):
+        [container] = containers_of(docker_manager, owner)
+        host = client.api.inspect_container(container["Id"])["HostConfig"]
+        limits[owner] = host["PidsLimit"]
+        assert "no-new-privileges" in (host.get("SecurityOpt") or []), host.get("SecurityOpt")
+    assert limits == {"t/pids": 40, "t/default": DEFAULT_PIDS_LIMIT}
+    for owner in ("t/pids", "t/default"):
+        await docker_manager.reclaim(owner)

@@ -29,6 +29,8 @@ class TenantConfig(BaseModel):
     max_programs: int | None = Field(default=None, ge=1, description="live programs at once")
     max_environments: int | None = Field(default=None, ge=0,
                                          description="tool environments at once")
+    weight: float = Field(default=1.0, gt=0,
+                          description="share of each backend's KV against the other tenants")
 
     @field_validator("keys")
     @classmethod

@@ -17,12 +17,14 @@ from thunder_middleware.security.auth import Authenticator
 from thunder_middleware.security.config import SecurityConfig
 from thunder_middleware.security.errors import AccessRefused
 from thunder_middleware.security.limits import (
+    DEFAULT_BODY_DEADLINE_S,
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_HEADER_BYTES,
     RequestLimits,
     TenantCaps,
 )
+from thunder_middleware.security.throttle import FailedKeyThrottle
 from thunder_middleware.sidecar.errors import APIError
 from thunder_middleware.sidecar.identity import is_anonymous_key, split_key
 from thunder_middleware.sidecar.registry import ProgramRegistry
@@ -33,13 +35,15 @@ class RequestLimitSettings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    body_deadline_s: float = DEFAULT_BODY_DEADLINE_S
 
     def middleware_options(self) -> dict[str, Any]:
         """The keyword arguments of :class:`RequestLimits`, for every stack that installs it
         (FastAPI's, and the sidecar's raw completion path)."""
         return {"max_body_bytes": self.max_body_bytes,
                 "max_header_bytes": self.max_header_bytes,
-                "body_timeout_s": self.body_timeout_s}
+                "body_timeout_s": self.body_timeout_s,
+                "body_deadline_s": self.body_deadline_s}
 
 
 def as_api_error(refused: AccessRefused) -> APIError:
@@ -48,15 +52,17 @@ def as_api_error(refused: AccessRefused) -> APIError:
 
 
 def install_security(app: FastAPI, config: SecurityConfig,
-                     limits: RequestLimitSettings | None = None) -> TenantCaps:
+                     limits: RequestLimitSettings | None = None,
+                     throttle: FailedKeyThrottle | None = None) -> TenantCaps:
     """Make ``app`` authenticate callers and enforce limits; returns the caps to consult
     when a tenant starts a program or an environment."""
-    authenticator = Authenticator(config)
+    authenticator = Authenticator(config, throttle)
     caps = TenantCaps(config)
 
     async def tenant_resolver(request: Request) -> str:
+        address = request.client.host if request.client is not None else None
         try:
-            return await authenticator.tenant_of(request.headers)
+            return await authenticator.tenant_of(request.headers, address)
         except AccessRefused as refused:
             raise as_api_error(refused) from refused
 

@@ -5,7 +5,11 @@ middleware because the checks must happen before any route reads the body: a 2 G
 or a client that sends headers and then trickles (or stalls) its body must be cut off by
 the server, not buffered into memory or allowed to pin a request task forever. uvicorn's
 own limits cover the rest: h11 refuses oversized header blocks (400) and
-``timeout_keep_alive`` closes idle connections between requests.
+``timeout_keep_alive`` closes idle connections between requests; headers that never finish
+are cut by ``sidecar.deadlines``.
+
+A body has two clocks: ``body_timeout_s`` between chunks (a stall) and ``body_deadline_s``
+for all of it (a client sending a byte just often enough to beat the first).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from thunder_middleware.security.errors import over_cap
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_HEADER_BYTES = 32 * 1024
 DEFAULT_BODY_TIMEOUT_S = 30.0
+DEFAULT_BODY_DEADLINE_S = 300.0
 
 
 class TenantCaps:
@@ -54,8 +59,10 @@ class BodyTooLarge(HTTPException):
 
 
 class BodyTimeout(HTTPException):
-    def __init__(self, timeout_s: float) -> None:
-        super().__init__(408, f"request body not received within {timeout_s:g} s")
+    def __init__(self, timeout_s: float, *, whole: bool = False) -> None:
+        what = "the whole request body" if whole else "the next part of the request body"
+        super().__init__(408, f"{what} was not received within {timeout_s:g} s")
+        self.code = "body_deadline" if whole else "body_timeout"
 
 
 def _error(status: int, message: str, code: str) -> bytes:
@@ -65,7 +72,8 @@ def _error(status: int, message: str, code: str) -> bytes:
 
 
 async def _refuse(send: Send, refusal: HTTPException) -> None:
-    code = "body_too_large" if refusal.status_code == 413 else "body_timeout"
+    code = "body_too_large" if refusal.status_code == 413 else getattr(
+        refusal, "code", "body_timeout")
     await _answer(send, refusal.status_code, str(refusal.detail), code)
 
 
@@ -83,11 +91,13 @@ class RequestLimits:
 
     def __init__(self, app: ASGIApp, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                  max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
-                 body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> None:
+                 body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+                 body_deadline_s: float = DEFAULT_BODY_DEADLINE_S) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_header_bytes = max_header_bytes
         self.body_timeout_s = body_timeout_s
+        self.body_deadline_s = body_deadline_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -136,16 +146,23 @@ class RequestLimits:
         after the body, it is the plain ``receive`` (it then waits for a disconnect)."""
         received = 0
         body_done = False
+        deadline: float | None = None  # of the whole body, from its first read
 
         async def guarded() -> Message:
-            nonlocal received, body_done
+            nonlocal received, body_done, deadline
             if body_done:
                 return await receive()
+            now = asyncio.get_running_loop().time()
+            if deadline is None:
+                deadline = now + self.body_deadline_s
+            whole = deadline < now + self.body_timeout_s  # which clock runs out first
             try:
-                async with asyncio.timeout(self.body_timeout_s):  # no task, unlike wait_for
+                # no task, unlike wait_for
+                async with asyncio.timeout_at(min(deadline, now + self.body_timeout_s)):
                     message: dict[str, Any] = dict(await receive())
             except TimeoutError as exc:
-                refusal.append(BodyTimeout(self.body_timeout_s))
+                refusal.append(BodyTimeout(self.body_deadline_s if whole
+                                           else self.body_timeout_s, whole=whole))
                 raise refusal[0] from exc
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))

@@ -17,13 +17,16 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from thunder_middleware.policy import PolicyConfig, ProgramScheduler
+from thunder_middleware.policy.tenant_share import TenantShare
 from thunder_middleware.security.config import SecurityConfig, merge_api_keys
 from thunder_middleware.security.install import (
     RequestLimitSettings,
     install_security,
     tenant_admission,
 )
+from thunder_middleware.security.throttle import FailedKeyThrottle
 from thunder_middleware.sidecar.backends.pool import BackendPool, make_client, make_session
+from thunder_middleware.sidecar.docs import HIDDEN_DOCS, guarded_docs_router
 from thunder_middleware.sidecar.environments import EnvironmentLink, environment_link_for
 from thunder_middleware.sidecar.errors import install_error_handlers
 from thunder_middleware.sidecar.fast_path import SidecarApp, completion_stack
@@ -35,6 +38,8 @@ from thunder_middleware.sidecar.routes_openai import router as openai_router
 from thunder_middleware.sidecar.routes_programs import router as programs_router
 from thunder_middleware.sidecar.runtime import SchedulerRuntime
 from thunder_middleware.sidecar.settings import SidecarSettings
+from thunder_middleware.sidecar.store_guard import GuardedStore
+from thunder_middleware.sidecar.tenant_gate import TenantGate
 from thunder_middleware.store.restore import redeclare_environments, restore_registry
 
 log = logging.getLogger(__name__)
@@ -86,15 +91,27 @@ def create_app(
         session_factory=lambda: make_session(settings.max_connections, settings.request_timeout,
                                              settings.connect_timeout, settings.backend_api_key),
     )
+    guarded = GuardedStore(store or open_store(settings), metrics.store_degraded,
+                           metrics.store_write_failures)
     runtime = SchedulerRuntime(
         ProgramScheduler(policy_config(settings)), pool, metrics,
-        store or open_store(settings), time_scale=settings.time_scale,
+        guarded, time_scale=settings.time_scale,
         tick_interval_s=settings.check_interval, idle_timeout_s=settings.idle_timeout,
         prep_ahead=settings.prep_ahead, max_tool_names=settings.max_tool_names,
+        # the upstream read timeout ends any call still talking to its backend by then
+        call_deadline_s=settings.request_timeout + settings.connect_timeout,
     )
     link = environment_link if environment_link is not None else environment_link_for(
         settings, runtime, metrics.registry)
     runtime.environments = link.manager if link.enabled else None
+    security = security_config(settings)
+    tenants = [tenant for tenant in security.tenants if tenant.keys]
+    if settings.tenant_fair_share and len(tenants) >= 2:
+        runtime.tenant_gate = TenantGate(
+            TenantShare({tenant.name: tenant.weight for tenant in tenants},
+                         settings.tenant_max_inflight),
+            lambda: sum(view.capacity_tokens for view in
+                        runtime.scheduler.backend_views(runtime.now()) if view.healthy))
     restored = restore_registry(runtime.registry, runtime.store.load(), runtime.store.load_steps)
     if restored.live or restored.ended:
         log.info("restored %d live and %d ended programs from the store", restored.live,
@@ -122,7 +139,9 @@ def create_app(
             await link.close()
             await runtime.close()
 
-    app = SidecarApp(title="thunder-middleware sidecar", lifespan=lifespan)
+    guard_docs = security_config(settings).auth_enabled and not settings.public_docs
+    app = SidecarApp(title="thunder-middleware sidecar", lifespan=lifespan,
+                     **(HIDDEN_DOCS if guard_docs else {}))
     app.state.settings = settings
     app.state.runtime = runtime
     app.state.metrics = metrics
@@ -130,8 +149,11 @@ def create_app(
     app.state.environment_link = link
     install_error_handlers(app)
     limits = RequestLimitSettings(settings.max_body_bytes, settings.max_header_bytes,
-                                  settings.body_timeout)
-    caps = install_security(app, security_config(settings), limits)
+                                  settings.body_timeout, settings.body_deadline)
+    caps = install_security(app, security_config(settings), limits, FailedKeyThrottle(
+        settings.failed_key_burst, settings.failed_key_rate))
+    if guard_docs:
+        app.include_router(guarded_docs_router(app))
     app.completion_path = completion_stack(metrics, limits)
     runtime.admit_program, runtime.admit_environment = tenant_admission(
         caps, runtime.registry,
@@ -142,7 +164,7 @@ def create_app(
     app.include_router(intent_router)  # before the environment routes: it answers intents
     app.include_router(link.router())
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health(request: Request) -> JSONResponse:
         """200 while the sidecar runs (liveness); ``status`` says whether work can flow."""
         views = {view.name: view for view in runtime.scheduler.backend_views(runtime.now())}

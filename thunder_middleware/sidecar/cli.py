@@ -111,6 +111,9 @@ def serve(
     k8s_namespace: str = typer.Option(
         None, help="Namespace of the kubernetes environment provider (default 'default')."),
     metrics_interval: float = typer.Option(None, help="Backend scrape period, s (default 1)."),
+    request_timeout: float = typer.Option(
+        None, help="Longest silence of a backend within a call, s; a call without progress "
+        "for this long (plus the connect timeout) is ended by the watchdog (default 600)."),
     cost_aware: bool = typer.Option(
         None, "--cost-aware/--no-cost-aware", help="Pause only when it pays off (default on)."
     ),
@@ -128,9 +131,19 @@ def serve(
     allow_unauthenticated_remote: bool = typer.Option(
         None, "--allow-unauthenticated-remote",
         help="Allow a non-loopback --host without API keys (trusted networks only)."),
+    trust_local_tenants: bool = typer.Option(
+        None, "--trust-local-tenants",
+        help="Allow several tenants on the local environment provider, which does not "
+        "isolate them from each other (see docs/SECURITY.md)."),
+    public_docs: bool = typer.Option(
+        None, "--public-docs", help="Serve /docs and /openapi.json without a key."),
     max_body_bytes: int = typer.Option(None, help="Largest request body (default 16 MiB)."),
     max_header_bytes: int = typer.Option(None, help="Largest header block (default 32 KiB)."),
     body_timeout: float = typer.Option(None, help="Seconds between body chunks (default 30)."),
+    body_deadline: float = typer.Option(
+        None, help="Seconds for a whole request body, however it trickles (default 300)."),
+    header_timeout: float = typer.Option(
+        None, help="Seconds for a request's headers to arrive (default 10)."),
     max_programs_per_tenant: int = typer.Option(None, help="Live programs per tenant."),
 ) -> None:
     """Run the program-aware sidecar."""
@@ -170,15 +183,20 @@ def serve(
             env_output_limit=env_output_limit,
             k8s_namespace=k8s_namespace,
             metrics_interval=metrics_interval,
+            request_timeout=request_timeout,
             cost_aware=cost_aware,
             self_check=self_check,
             strip_program_id=strip_program_id,
             log_level=log_level,
             state_dir=state_dir,
             allow_unauthenticated_remote=allow_unauthenticated_remote,
+            trust_local_tenants=trust_local_tenants,
+            public_docs=public_docs,
             max_body_bytes=max_body_bytes,
             max_header_bytes=max_header_bytes,
             body_timeout=body_timeout,
+            body_deadline=body_deadline,
+            header_timeout=header_timeout,
             max_programs_per_tenant=max_programs_per_tenant,
         )
     except ValidationError as exc:
@@ -195,12 +213,17 @@ def serve(
         typer.echo(f"invalid --env-presets: {exc}", err=True)
         raise typer.Exit(2) from exc
     from thunder_middleware.security import UnsafeBindError, check_bind
+    from thunder_middleware.security.isolation import UnsafeIsolationError, check_isolation
     from thunder_middleware.sidecar.app import security_config
 
+    security = security_config(settings)
     try:
-        check_bind(settings.host, auth_enabled=security_config(settings).auth_enabled,
+        check_bind(settings.host, auth_enabled=security.auth_enabled,
                    allow_unauthenticated_remote=settings.allow_unauthenticated_remote)
-    except UnsafeBindError as exc:
+        check_isolation(tenants=sum(1 for tenant in security.tenants if tenant.keys),
+                        provider=settings.env_provider,
+                        tenants_trusted=settings.trust_local_tenants)
+    except (UnsafeBindError, UnsafeIsolationError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from exc
     try:
@@ -227,8 +250,11 @@ def serve(
         listening.close()
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from exc
+    from thunder_middleware.sidecar.deadlines import header_deadline_protocol
+
     server = uvicorn.Server(uvicorn.Config(
         app,
+        http=header_deadline_protocol(settings.header_timeout),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),

@@ -149,7 +149,9 @@ def make_hooks(runtime: SchedulerRuntime, max_length: int) -> Any:
 
     return EnvironmentHooks(program_key=program_key, program_status=runtime.program_status,
                             ensure_program=ensure_program, record_tool_time=record_tool_time,
-                            tool_started=runtime.tool_started)
+                            tool_started=runtime.tool_started,
+                            may_declare=runtime.require_writable_store,
+                            environment_declared=runtime.environment_declared)
 
 
 class PresetFileError(ValueError):

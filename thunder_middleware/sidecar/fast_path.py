@@ -9,9 +9,8 @@ routes need, built from the same parts the FastAPI stack uses:
 
 - the request limits (:class:`~thunder_middleware.security.limits.RequestLimits`);
 - the added-latency timer (:class:`AddedLatencyTimer`);
-- tenant resolution (``tenancy.resolve_tenant``) and the same call handler as the FastAPI
-  routes (``routes_openai.complete_call``);
-- the same OpenAI-style answer to every exception (``errors.error_response``).
+- tenant resolution, the call handler and the OpenAI-style answer to every exception, all in
+  ``routes_openai.serve_completion``, which the FastAPI routes run too.
 
 Other paths, other methods and the lifespan go to FastAPI as before (:class:`SidecarApp`);
 the FastAPI routes of the two paths stay registered so the OpenAPI schema describes them.
@@ -22,16 +21,13 @@ from __future__ import annotations
 import time
 
 from fastapi import FastAPI
-from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from thunder_middleware.security.install import RequestLimitSettings
 from thunder_middleware.security.limits import RequestLimits
-from thunder_middleware.sidecar.errors import error_response
 from thunder_middleware.sidecar.metrics import SidecarMetrics
 from thunder_middleware.sidecar.proxy import EXCLUDED_KEY
-from thunder_middleware.sidecar.routes_openai import COMPLETION_ROUTES, complete_call
-from thunder_middleware.sidecar.tenancy import resolve_tenant
+from thunder_middleware.sidecar.routes_openai import COMPLETION_ROUTES, serve_completion
 
 
 def is_completion_call(scope: Scope) -> bool:
@@ -58,25 +54,9 @@ class AddedLatencyTimer:
                     max(0.0, time.perf_counter() - started - excluded))
 
 
-async def completion_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
-    """One completion call, from body to answer.
-
-    Exceptions raised before the answer starts become OpenAI-style errors here (as FastAPI's
-    handlers would make them); once ``http.response.start`` went out, nothing can change the
-    status, and uvicorn closes the connection (a stream's own breakage is turned into an SSE
-    error event by the proxy before it gets here).
-    """
-    request = Request(scope, receive)
-    try:
-        response = await complete_call(request, await resolve_tenant(request), scope["path"])
-    except Exception as exc:  # every failure speaks OpenAI's error shape, never a traceback
-        response = error_response(exc)
-    await response(scope, receive, send)
-
-
 def completion_stack(metrics: SidecarMetrics, limits: RequestLimitSettings) -> ASGIApp:
     """The raw stack: the same request limits as every other route, then the timer."""
-    return RequestLimits(AddedLatencyTimer(completion_endpoint, metrics),
+    return RequestLimits(AddedLatencyTimer(serve_completion, metrics),
                          **limits.middleware_options())
 
 

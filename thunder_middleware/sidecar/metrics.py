@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -147,6 +147,17 @@ class SidecarMetrics:
             PREFIX + "backend_faults",
             "Times a backend was marked down (failed call, error streak or failed scrape)",
             ["backend"], registry=registry)
+        self.watchdog_ended = Counter(
+            PREFIX + "calls_ended_by_watchdog",
+            "In-flight calls ended by the watchdog after no progress within the request "
+            "timeout", registry=registry)
+        self.store_degraded = Gauge(
+            PREFIX + "store_degraded",
+            "1 while the program store cannot be written (state kept in memory)",
+            registry=registry)
+        self.store_write_failures = Counter(
+            PREFIX + "store_write_failures", "Program store writes that failed",
+            registry=registry)
         self.prompt_tokens = Counter(PREFIX + "prompt_tokens", "Prompt tokens (usage)",
                                      registry=registry)
         self.cached_tokens = Counter(PREFIX + "cached_tokens", "Cached prompt tokens (usage)",

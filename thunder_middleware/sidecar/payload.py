@@ -80,6 +80,17 @@ def prompt_token_ids_count(body: dict[str, Any], route: Route) -> int | None:
     return None
 
 
+def _check_content(content: Any, param: str) -> None:
+    """The prompt text the sidecar counts must be text: a string, or parts whose ``text``
+    (when present) is a string."""
+    if not isinstance(content, list):
+        return
+    for index, part in enumerate(content):
+        if isinstance(part, dict) and "text" in part and not isinstance(part["text"], str):
+            raise bad_request(f"{param}[{index}].text must be a string",
+                              param=f"{param}[{index}].text", code="invalid_type")
+
+
 def _check_fields(body: dict[str, Any], route: Route) -> None:
     if route == "chat":
         messages = body.get("messages")
@@ -89,6 +100,8 @@ def _check_fields(body: dict[str, Any], route: Route) -> None:
         if not all(isinstance(message, dict) for message in messages):
             raise bad_request("every message must be an object", param="messages",
                               code="invalid_type")
+        for index, message in enumerate(messages):
+            _check_content(message.get("content"), f"messages[{index}].content")
     else:
         prompt = body.get("prompt")
         if not isinstance(prompt, str | list) or (isinstance(prompt, list) and not prompt):
@@ -117,10 +130,13 @@ def prepare_request(
     _check_fields(body, route)
     stream = bool(body.get("stream"))
     options = body.get("stream_options") or {}
-    client_wants_usage = bool(options.get("include_usage")) if stream else True
+    # only a literal true asks for usage; anything else ("no", 1, null) is not a request
+    # for it, and the upstream is always asked with a literal true (the policy needs the
+    # counts, and a backend may refuse an odd value)
+    client_wants_usage = options.get("include_usage") is True if stream else True
     changed = False
     upstream = body
-    if stream and not client_wants_usage:
+    if stream and options.get("include_usage") is not True:
         upstream = {**body, "stream_options": {**options, "include_usage": True}}
         changed = True
     if strip_program_id and "program_id" in upstream:

@@ -22,9 +22,10 @@ A stream that breaks after bytes were sent ends with an SSE error event and ``[D
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from thunder_middleware.policy.types import Usage
 from thunder_middleware.sidecar.backends.base import BackendUnavailable
+from thunder_middleware.sidecar.calls import open_calls
 from thunder_middleware.sidecar.errors import APIError, error_body, no_backend
 from thunder_middleware.sidecar.gates import ClientDisconnected, unless_disconnected
 from thunder_middleware.sidecar.metrics import SidecarMetrics
@@ -73,6 +75,16 @@ HEALTH_CHECK_TIMEOUT_S = 2.0
 
 class UpstreamFailed(Exception):
     """The backend failed the call before the client saw a byte: retryable elsewhere."""
+
+
+class CallAborted(Exception):
+    """The sidecar cut a stream short (its program was released, or the watchdog)."""
+
+
+#: what a client is told when its stream broke: what failed, not how (no exception text,
+#: no backend address; those go to the log)
+STREAM_BROKE = ("the backend's connection broke midway through this stream; the answer is "
+                "incomplete")
 
 
 class ErrorStreaks:
@@ -138,10 +150,15 @@ class Proxy:
             try:
                 lease = await self.runtime.acquire(key, parsed.prompt_chars, receive,
                                                    prompt_tokens_hint=parsed.prompt_tokens_hint,
-                                                   retried=attempt > 0)
+                                                   retried=attempt > 0,
+                                                   call_tokens=call_tokens(parsed))
             except ClientDisconnected:
                 self.metrics.requests.labels(route=route, outcome="abandoned").inc()
                 return Response(status_code=CLIENT_CLOSED_REQUEST)
+            calls = open_calls(request.scope)
+            if calls is not None:
+                calls.leases.append(lease)
+            lease.on_abort = _cancel_task(lease)
             try:
                 if parsed.stream:
                     return await self._stream(request, path, lease, parsed, route)
@@ -198,6 +215,14 @@ class Proxy:
             return False
         return True
 
+    def _cut_short(self, lease: Lease, route: str, sent_at: float, *, stream: bool) -> Response:
+        """The sidecar aborted the call before its answer started: a clear error."""
+        self.runtime.complete(lease, usage=None, outcome="aborted", stream=stream,
+                              first_token_s=None, total_s=time.perf_counter() - sent_at)
+        self.metrics.requests.labels(route=route, outcome="aborted").inc()
+        return APIError(409, lease.abort_reason or "the call was aborted",
+                        code="call_aborted").response()
+
     def _aborted(self, lease: Lease, route: str, sent_at: float, *, stream: bool) -> Response:
         """The client left before the answer: the call ends as aborted, nobody reads a body."""
         self.runtime.complete(lease, usage=None, outcome="aborted", stream=stream,
@@ -214,6 +239,10 @@ class Proxy:
                 self._post(lease.backend + path, parsed.upstream_body), request.receive)
         except ClientDisconnected:
             return self._aborted(lease, route, sent_at, stream=False)
+        except asyncio.CancelledError:
+            if not _own_cancellation(lease):
+                raise
+            return self._cut_short(lease, route, sent_at, stream=False)
         except UPSTREAM_ERRORS as exc:
             raise self._fail(request, lease, repr(exc), sent_at, False) from exc
         if status >= 500:
@@ -269,6 +298,10 @@ class Proxy:
                                                request.receive)
         except ClientDisconnected:
             return self._aborted(lease, route, sent_at, stream=True)
+        except asyncio.CancelledError:
+            if not _own_cancellation(lease):
+                raise
+            return self._cut_short(lease, route, sent_at, stream=True)
         except UPSTREAM_ERRORS as exc:
             raise self._fail(request, lease, repr(exc), sent_at, True) from exc
         status = opened.response.status
@@ -294,14 +327,22 @@ class Proxy:
                              True)
         self.streaks.answered(lease.backend)
         self.metrics.requests.labels(route=route, outcome="200").inc()
+        # from here the stream is cut short by failing its upstream reads, so that the
+        # relay can still tell its client why
+        content = opened.response.content
+        lease.on_abort = lambda: content.set_exception(CallAborted())
+        relay = self._relay(lease, opened, parsed.client_wants_usage, request.scope)
+        calls = open_calls(request.scope)
+        if calls is not None:
+            calls.streams.append(relay)
         return StreamingResponse(
-            self._relay(lease, opened, parsed.client_wants_usage, request.scope),
+            relay,
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
 
     async def _relay(self, lease: Lease, opened: OpenStream, client_wants_usage: bool,
-                     scope: MutableMapping[str, Any]) -> AsyncIterator[bytes]:
+                     scope: MutableMapping[str, Any]) -> AsyncGenerator[bytes, None]:
         """Pass events on one by one; closing the upstream stream on any exit is what
         aborts the backend's request when the client leaves."""
         usage: Usage | None = None
@@ -319,14 +360,24 @@ class Proxy:
                         usage = filtered.usage or usage
                         if filtered.forward is not None:
                             yield filtered.forward
+                    lease.progress = time.monotonic()  # the client took what came so far
                 rest = opened.splitter.remainder()
                 if rest.strip():
                     yield rest + b"\n\n"
                 outcome = "ok"
+            except CallAborted:
+                yield error_event(lease.abort_reason or "the call was aborted",
+                                  code="call_aborted")
+                yield DONE_EVENT
             except UPSTREAM_ERRORS as exc:
+                if lease.abort_reason is not None:  # the abort closed the connection
+                    yield error_event(lease.abort_reason, code="call_aborted")
+                    yield DONE_EVENT
+                    return
                 outcome = "failed"
+                log.warning("the stream of %s from %s broke: %r", lease.key, lease.backend, exc)
                 self.runtime.backend_failed(lease.backend, repr(exc))
-                yield error_event(f"the backend stream broke midway: {exc!r}")
+                yield error_event(STREAM_BROKE)
                 yield DONE_EVENT
         finally:
             if outcome == "ok":
@@ -342,6 +393,33 @@ class Proxy:
 
 
 EXCLUDED_KEY = "thunder.excluded_s"
+#: characters per token when a call's prompt size is only known in characters
+CHARS_PER_TOKEN = 4
+
+
+def call_tokens(parsed: ParsedRequest) -> int:
+    """The KV tokens a call may hold at most: its prompt and the output it asks for."""
+    prompt = parsed.prompt_tokens_hint or parsed.prompt_chars // CHARS_PER_TOKEN
+    output = parsed.body.get("max_tokens") or parsed.body.get("max_completion_tokens")
+    return prompt + (output if isinstance(output, int) and output > 0 else 0)
+
+
+def _cancel_task(lease: Lease) -> Callable[[], None]:
+    """How a call is cut short before its answer starts: cancel the task serving it."""
+    task = lease.task
+
+    def cancel() -> None:
+        if task is not None and not task.done() and not task.cancelling():
+            task.cancel()
+
+    return cancel
+
+
+def _own_cancellation(lease: Lease) -> bool:
+    """Whether a CancelledError is the sidecar's abort of ``lease`` (then absorbed: the
+    call answers its client), not a shutdown or an enclosing timeout (passed on)."""
+    task = asyncio.current_task()
+    return lease.abort_reason is not None and task is not None and task.uncancel() == 0
 
 
 def exclude_from_added_latency(scope: MutableMapping[str, Any], seconds: float) -> None:

@@ -13,9 +13,16 @@ from typing import Any
 import httpx
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
-from thunder_middleware.sidecar.errors import no_backend
-from thunder_middleware.sidecar.identity import extract_program_id, namespaced
+from thunder_middleware.sidecar.calls import CALLS_KEY, OpenCalls
+from thunder_middleware.sidecar.errors import error_response, no_backend
+from thunder_middleware.sidecar.identity import (
+    PROGRAM_ID_HEADER,
+    extract_program_id,
+    header_value,
+    namespaced,
+)
 from thunder_middleware.sidecar.payload import Route, prepare_request
 from thunder_middleware.sidecar.proxy import Proxy
 from thunder_middleware.sidecar.settings import SidecarSettings
@@ -44,18 +51,63 @@ async def complete_call(request: Request, tenant: str, path: str) -> Response:
     identity = extract_program_id(parsed.body, request.headers, settings.max_program_id_length)
     response = await proxy.forward(request, path, namespaced(tenant, identity.internal_id),
                                    parsed, route)
-    response.headers["x-program-id"] = identity.program_id
+    response.headers[PROGRAM_ID_HEADER] = header_value(identity.program_id)
     return response
+
+
+async def serve_completion(scope: Scope, receive: Receive, send: Send,
+                           tenant: str | None = None) -> None:
+    """One completion request, from body to the last byte of its answer: THE place where
+    its calls end (see :mod:`thunder_middleware.sidecar.calls`).
+
+    Exceptions raised before the answer starts become OpenAI-style errors here; once
+    ``http.response.start`` went out nothing can change the status, and uvicorn closes the
+    connection (a stream's own breakage is turned into an SSE error event by the proxy).
+    A cancellation the sidecar itself caused (the watchdog) ends here too; any other is
+    passed on.
+    """
+    request = Request(scope, receive)
+    calls = OpenCalls(request.app.state.runtime)
+    scope[CALLS_KEY] = calls
+    outcome = "failed"
+    try:
+        try:
+            if tenant is None:
+                tenant = await resolve_tenant(request)
+            response = await complete_call(request, tenant, scope["path"])
+        except Exception as exc:  # every failure speaks OpenAI's error shape
+            response = error_response(exc)
+        await response(scope, receive, send)
+        outcome = "ok"
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if not calls.aborted or task is None or task.uncancel() > 0:
+            outcome = "aborted"
+            raise
+    finally:
+        await calls.close(outcome)
+
+
+class CompletionCall(Response):
+    """The answer of the FastAPI completion routes: the whole call runs when the answer is
+    sent, through :func:`serve_completion`, so both stacks end calls in the same place."""
+
+    def __init__(self, tenant: str) -> None:
+        super().__init__()
+        self.tenant = tenant
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await serve_completion(scope, receive, send, self.tenant)
 
 
 @router.post(CHAT_PATH)
 async def chat_completions(request: Request, tenant: str = Depends(resolve_tenant)) -> Response:
-    return await complete_call(request, tenant, CHAT_PATH)
+    return CompletionCall(tenant)
 
 
 @router.post(TEXT_PATH)
 async def completions(request: Request, tenant: str = Depends(resolve_tenant)) -> Response:
-    return await complete_call(request, tenant, TEXT_PATH)
+    return CompletionCall(tenant)
 
 
 @router.get("/v1/models")

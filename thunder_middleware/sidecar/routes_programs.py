@@ -82,6 +82,7 @@ async def register_program(body: RegisterProgram, request: Request,
                            tenant: str = Depends(resolve_tenant)) -> dict[str, Any]:
     """Register a program before its first call, preparing its environment at once."""
     runtime = _runtime(request)
+    runtime.require_writable_store()
     program_id = validate_program_id(body.program_id, "program_id", _max_len(request))
     key = namespaced(tenant, program_id)
     wants_environment = body.environment is not None or body.preset is not None
@@ -119,6 +120,7 @@ async def release_program(body: ReleaseProgram, request: Request,
     answer says ``"status": "pending"``.
     """
     runtime = _runtime(request)
+    runtime.require_writable_store()
     program_id = validate_program_id(body.program_id, "program_id", _max_len(request))
     key = namespaced(tenant, program_id)
     program = runtime.release(key)
@@ -141,9 +143,14 @@ def reclaim_outcome(program_id: str, finished: bool, report: Any) -> dict[str, A
 
 
 @router.get("/programs")
-async def list_programs(request: Request,
-                        tenant: str = Depends(resolve_tenant)) -> dict[str, Any]:
+async def list_programs(request: Request, tenant: str = Depends(resolve_tenant),
+                        program_id: str | None = None) -> dict[str, Any]:
+    """Every program of the caller; with ``?program_id=``, that one program (as
+    ``GET /programs/{id}`` answers it): the form that takes any valid id, ``task/42`` too,
+    which a path segment cannot hold."""
     runtime = _runtime(request)
+    if program_id is not None:
+        return _one_program(request, tenant, program_id)
     programs = [describe(runtime, program, timeline=False)
                 for program in runtime.registry.of_tenant(tenant) if not program.anonymous]
     return {"object": "list", "data": programs}
@@ -152,6 +159,10 @@ async def list_programs(request: Request,
 @router.get("/programs/{program_id}")
 async def get_program(program_id: str, request: Request,
                       tenant: str = Depends(resolve_tenant)) -> dict[str, Any]:
+    return _one_program(request, tenant, program_id)
+
+
+def _one_program(request: Request, tenant: str, program_id: str) -> dict[str, Any]:
     runtime = _runtime(request)
     program_id = validate_program_id(program_id, "program_id", _max_len(request))
     program = runtime.registry.get(namespaced(tenant, program_id))

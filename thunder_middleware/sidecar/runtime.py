@@ -41,10 +41,12 @@ from thunder_middleware.sidecar.gates import (
     Receive,
     wait_for_backend,
 )
-from thunder_middleware.sidecar.identity import is_anonymous_key
+from thunder_middleware.sidecar.identity import is_anonymous_key, split_key
 from thunder_middleware.sidecar.metrics import SidecarMetrics
 from thunder_middleware.sidecar.persistence import ProgramStore, StoredProgram
 from thunder_middleware.sidecar.registry import ProgramRegistry, TrackedProgram
+from thunder_middleware.sidecar.store_guard import GuardedStore
+from thunder_middleware.sidecar.tenant_gate import TenantGate
 from thunder_middleware.sidecar.timeline import StepOutcome, StepRecord
 from thunder_middleware.sidecar.tool_activity import ToolTimes
 
@@ -66,9 +68,16 @@ class EnvironmentPort(Protocol):
     def has_environment(self, program_key: str) -> bool: ...
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Lease:
-    """A request let through its gate: where it goes and what it waited."""
+    """A request let through its gate: where it goes and what it waited.
+
+    A lease is one in-flight call of one program: it is ended exactly once (``ended``), by
+    whichever comes first of the call's own end, its HTTP request's end, a release of its
+    program or the watchdog. ``program`` is the record the call was admitted for, so a call
+    that ends after its program was released and the id reused is never counted on the new
+    program.
+    """
 
     key: str
     backend: str
@@ -76,6 +85,29 @@ class Lease:
     arrival: float  # perf_counter at the gate
     queue_wait_s: float
     retried: bool = False
+    program: TrackedProgram | None = None
+    ended: bool = False
+    #: monotonic time of the call's last sign of progress (start, each relayed event)
+    progress: float = 0.0
+    #: why the sidecar cut the call short (release, watchdog); None while it runs its course
+    abort_reason: str | None = None
+    #: how to cut the call short in its current phase (set by the proxy)
+    on_abort: Callable[[], None] | None = None
+    #: the task serving the call's HTTP request (the watchdog's last resort)
+    task: asyncio.Task[Any] | None = None
+    #: the KV tokens the call holds of its tenant's share (None: no tenant gate)
+    tenant_tokens: int | None = None
+
+    def abort(self, reason: str) -> None:
+        """Ask the call to end now; its client gets ``reason`` as an error."""
+        if self.ended or self.abort_reason is not None:
+            return
+        self.abort_reason = reason
+        if self.on_abort is not None:
+            try:
+                self.on_abort()
+            except Exception:
+                log.exception("aborting a call of %s failed", self.key)
 
 
 class SchedulerRuntime:
@@ -93,6 +125,7 @@ class SchedulerRuntime:
         idle_timeout_s: float = 600.0,
         prep_ahead: int = 4,
         max_tool_names: int = 64,
+        call_deadline_s: float = 605.0,
     ) -> None:
         self.scheduler = scheduler
         self.pool = pool
@@ -106,6 +139,12 @@ class SchedulerRuntime:
         self.tick_interval_s = tick_interval_s
         self.idle_timeout_s = idle_timeout_s
         self.prep_ahead = prep_ahead
+        # a call with no progress for this long can no longer end by itself (the upstream
+        # read timeout would have ended it): the watchdog ends it
+        self.call_deadline_s = call_deadline_s
+        self.inflight: set[Lease] = set()  # every lease not yet ended
+        # fair share between tenants (several tenants configured): calls wait here first
+        self.tenant_gate: TenantGate | None = None
         self._tick_task: asyncio.Task[None] | None = None
         # tenant caps (security.TenantCaps via the app): raise APIError(429) to refuse
         self.admit_program: Callable[[str], None] | None = None
@@ -168,13 +207,34 @@ class SchedulerRuntime:
         return program
 
     async def acquire(self, key: str, prompt_chars: int, receive: Receive,
-                      *, retried: bool = False, prompt_tokens_hint: int | None = None) -> Lease:
-        """Wait until the policy lets a request of ``key`` through; return where to send it.
+                      *, retried: bool = False, prompt_tokens_hint: int | None = None,
+                      call_tokens: int = 0) -> Lease:
+        """Wait until the tenant's fair share (``call_tokens`` of KV) and then the policy let
+        a request of ``key`` through; return where to send it.
 
         Raises ClientDisconnected (reported to the policy as abandoned) or APIError(409)
         when the program ends while the request waits.
         """
         program = self.ensure_program(key)
+        gate = self.tenant_gate
+        if gate is None:
+            return await self._acquire(key, program, prompt_chars, receive, retried=retried,
+                                       prompt_tokens_hint=prompt_tokens_hint)
+        tenant = split_key(key)[0]
+        await gate.enter(tenant, call_tokens, receive)
+        try:
+            lease = await self._acquire(key, program, prompt_chars, receive, retried=retried,
+                                        prompt_tokens_hint=prompt_tokens_hint)
+        except BaseException:
+            gate.leave(tenant, call_tokens)
+            raise
+        lease.tenant_tokens = call_tokens
+        return lease
+
+    async def _acquire(self, key: str, program: TrackedProgram, prompt_chars: int,
+                       receive: Receive, *, retried: bool,
+                       prompt_tokens_hint: int | None) -> Lease:
+        """The program gate: the policy's Admit or Restore."""
         arrival_wall = time.time()
         arrival = time.perf_counter()
         future = self.gates.open(key)
@@ -201,7 +261,10 @@ class SchedulerRuntime:
             self.gates.discard(key, future)
         wait = time.perf_counter() - arrival
         self.metrics.queue_wait.observe(wait)
-        return Lease(key, backend, arrival_wall, arrival, wait, retried)
+        lease = Lease(key, backend, arrival_wall, arrival, wait, retried, program=program,
+                      progress=time.monotonic(), task=asyncio.current_task())
+        self.inflight.add(lease)
+        return lease
 
     def complete(
         self,
@@ -213,7 +276,18 @@ class SchedulerRuntime:
         first_token_s: float | None,
         total_s: float | None,
     ) -> None:
-        """Report the end of a call (usage None when it failed or was aborted)."""
+        """Report the end of a call (usage None when it failed or was aborted).
+
+        Idempotent: only the first report of a lease counts, so every path that may end a
+        call can report it without knowing whether another already did.
+        """
+        if lease.ended:
+            return
+        lease.ended = True
+        lease.on_abort = None
+        self.inflight.discard(lease)
+        if lease.tenant_tokens is not None and self.tenant_gate is not None:
+            self.tenant_gate.leave(split_key(lease.key)[0], lease.tenant_tokens)
         scale = self.time_scale
         timing = None
         if total_s is not None:
@@ -223,7 +297,12 @@ class SchedulerRuntime:
                 total_s=total_s * scale,
             )
         program = self.registry.live.get(lease.key)
-        if program is not None or self.scheduler.program(lease.key) is not None:
+        if program is not None and program is not lease.program:
+            # the call's program was released and its id reused meanwhile: the new program
+            # never admitted this call, so it must not count it (its in-flight count, KV
+            # demand and timeline belong to its own calls)
+            program = None
+        elif program is not None or self.scheduler.program(lease.key) is not None:
             self.apply(self.scheduler.on_request_done(lease.key, self.now(), usage, timing))
         if usage is not None:
             self.metrics.record_usage(usage)
@@ -252,6 +331,19 @@ class SchedulerRuntime:
         self.pool.report_failure(name, reason, hold_down_s=hold_down_s)
 
     # --- control API --------------------------------------------------------------------
+    def require_writable_store(self) -> None:
+        """Raise a 503 while the store holds writes in memory (see store_guard)."""
+        if isinstance(self.store, GuardedStore):
+            self.store.require_writable()
+
+    def environment_declared(self, key: str, spec: dict[str, Any]) -> None:
+        """A declaration (PUT) replaced the program's environment: store its spec, so that a
+        restarted sidecar declares it again, as it does for one given at registration."""
+        program = self.registry.live.get(key)
+        if program is not None:
+            program.environment_spec = spec
+            self._save(program)
+
     def register(self, key: str, environment_spec: dict[str, Any] | None = None) -> TrackedProgram:
         program = self.ensure_program(key)
         if environment_spec is not None:
@@ -275,6 +367,8 @@ class SchedulerRuntime:
         if program is None and (view is None or view.status == Status.TERMINATED):
             raise not_found(f"no live program {key.partition('/')[2]!r}"
                             + self._namespaced_hint(key), param="program_id")
+        self.abort_calls(key, f"program {key.partition('/')[2]!r} was {reason} while this "
+                         "call ran")
         if view is not None and view.status != Status.TERMINATED:
             self.apply(self.scheduler.on_release(key, self.now()))
         if reason == "released":
@@ -293,6 +387,37 @@ class SchedulerRuntime:
         return (f"; live programs named like it: {', '.join(near)} (a LiteLLM proxy prefixes "
                 "ids with the caller's team or key; through the proxy, send metadata "
                 '{"end_session": true} on the last call to release it)')
+
+    def abort_calls(self, key: str, reason: str) -> int:
+        """Cut short every in-flight call of ``key`` (its client gets ``reason``) and end
+        its accounting now; returns how many there were."""
+        leases = [lease for lease in self.inflight if lease.key == key]
+        for lease in leases:
+            lease.abort(reason)
+            self.complete(lease, usage=None, outcome="aborted", stream=False,
+                          first_token_s=None, total_s=None)
+        return len(leases)
+
+    def end_overdue_calls(self) -> int:
+        """The watchdog: end every call without progress for ``call_deadline_s``.
+
+        Such a call cannot end by itself any more (a client that stopped reading blocks its
+        writes; a bug may have lost its end): its accounting is released, its serving task
+        cancelled, and it is counted in ``calls_ended_by_watchdog``.
+        """
+        limit = time.monotonic() - self.call_deadline_s
+        overdue = [lease for lease in self.inflight if lease.progress < limit]
+        for lease in overdue:
+            log.warning("ending a call of %s: no progress for %.0f s", lease.key,
+                        self.call_deadline_s)
+            self.metrics.watchdog_ended.inc()
+            lease.abort("the call made no progress within the request timeout")
+            self.complete(lease, usage=None, outcome="failed", stream=False,
+                          first_token_s=None, total_s=None)
+            task = lease.task
+            if task is not None and not task.done() and not task.cancelling():
+                task.cancel()
+        return len(overdue)
 
     async def finish_reclaim(self, key: str, timeout_s: float) -> tuple[bool, Any]:
         """Wait (at most ``timeout_s``) for the environment reclaim a termination started.
@@ -451,6 +576,9 @@ class SchedulerRuntime:
                 log.exception("policy tick failed")
 
     def tick(self) -> None:
+        self.end_overdue_calls()
+        if isinstance(self.store, GuardedStore) and self.store.degraded:
+            self.store.recover()
         now = self.now()
         for key in list(self._tools_running):  # a long exec keeps its program alive
             if key in self.registry.live:

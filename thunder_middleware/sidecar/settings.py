@@ -97,11 +97,29 @@ class SidecarSettings(BaseSettings):
     api_keys: str | None = Field(None, description="tenant:hash,... (THUNDER_API_KEYS)")
     tenants: list[TenantConfig] = Field(default_factory=list, description="[[tenants]] tables")
     max_programs_per_tenant: int | None = Field(None, ge=1)
+    # with several tenants: each holds at most its weighted share of the backends' KV in
+    # calls in flight (weights per [[tenants]] table, equal by default), and at most this
+    # many calls in flight
+    tenant_fair_share: bool = True
+    tenant_max_inflight: int | None = Field(None, ge=1)
     max_environments_per_tenant: int | None = Field(None, ge=0)
     allow_unauthenticated_remote: bool = False
+    # several tenants on the local environment provider (no isolation) only when set
+    trust_local_tenants: bool = False
+    # with keys on, /docs, /redoc and /openapi.json need a key too, unless this is set
+    public_docs: bool = False
+    failed_key_burst: int = Field(
+        10, ge=1, description="unknown-key checks (one scrypt each) per client address...")
+    failed_key_rate: float = Field(
+        1.0, gt=0, description="...refilled at this many a second; then 429")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_header_bytes: int = Field(32 * 1024, ge=1024)
     body_timeout: float = Field(30.0, gt=0, description="s between body chunks before a 408")
+    body_deadline: float = Field(
+        300.0, gt=0, description="s for a whole request body, however it trickles, before a 408")
+    header_timeout: float = Field(
+        10.0, gt=0, description="s from a connection (or a request's first byte) to the end "
+        "of its headers before a 408 and close")
 
     _toml_path: ClassVar[Path | None] = None
 

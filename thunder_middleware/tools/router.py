@@ -7,15 +7,15 @@ bad input is an OpenAI-style 400, whatever app mounts the router.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from thunder_middleware.tools.errors import (
     InvalidSpec,
@@ -25,7 +25,14 @@ from thunder_middleware.tools.errors import (
 )
 from thunder_middleware.tools.handles import EnvHandle
 from thunder_middleware.tools.manager import EnvironmentManager
-from thunder_middleware.tools.specs import EnvSpec, default_presets, resolve_spec
+from thunder_middleware.tools.specs import (
+    EnvSpec,
+    check_command,
+    check_env,
+    check_text,
+    default_presets,
+    resolve_spec,
+)
 
 
 @dataclass
@@ -38,6 +45,10 @@ class EnvironmentHooks:
     record_tool_time: Callable[[str, float, float], None]  # (key, started_at, duration_s)
     # an exec began (its end is record_tool_time): lets the owner see a long tool as activity
     tool_started: Callable[[str], None] | None = None
+    # before a declaration: raises (the owner's own error type) when it cannot be kept
+    may_declare: Callable[[], None] | None = None
+    # after a declaration succeeded, with the body that declared it: the owner persists it
+    environment_declared: Callable[[str, dict[str, Any]], None] | None = None
 
 
 class ExecRequest(BaseModel):
@@ -47,6 +58,23 @@ class ExecRequest(BaseModel):
     timeout_s: float | None = Field(None, gt=0)
     workdir: str | None = None
     env: dict[str, str] | None = None
+
+    # what reaches the OS (argv, cwd, environment) is checked here, so a bad exec is a 400
+    @field_validator("command")
+    @classmethod
+    def _valid_command(cls, value: list[str] | str) -> list[str] | str:
+        check_command(value, "command")
+        return value
+
+    @field_validator("workdir")
+    @classmethod
+    def _valid_workdir(cls, value: str | None) -> str | None:
+        return None if value is None else check_text(value, "workdir")
+
+    @field_validator("env")
+    @classmethod
+    def _valid_env(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        return check_env(value)
 
 
 class ToolCall(BaseModel):
@@ -69,8 +97,10 @@ async def _json_body(request: Request) -> Any:
     if not raw:
         raise InvalidSpec("the request body must be a JSON object")
     try:
-        return json.loads(raw)
-    except ValueError as exc:
+        # orjson refuses nesting deeper than 1024 levels with a decode error, where the
+        # standard parser recurses until RecursionError
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         raise InvalidSpec(f"the request body is not valid JSON: {exc}") from exc
 
 
@@ -80,7 +110,8 @@ def _model(model: type[BaseModel], body: Any) -> Any:
     except ValidationError as exc:
         error = exc.errors()[0]
         param = ".".join(str(part) for part in error.get("loc", ())) or None
-        raise InvalidSpec(f"{param}: {error.get('msg')}", param=param) from exc
+        message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+        raise InvalidSpec(f"{param}: {message}", param=param) from exc
 
 
 def environment_router(
@@ -106,10 +137,15 @@ def environment_router(
     async def declare_environment(program_id: str, request: Request) -> JSONResponse:
         try:
             key = await live_key(request, program_id)
-            spec = resolve_spec(await _json_body(request), known_presets)
+            body = await _json_body(request)
+            spec = resolve_spec(body, known_presets)
             await manager.validate(spec)  # a 400 before the program is registered
+            if hooks.may_declare is not None:
+                hooks.may_declare()
             await hooks.ensure_program(key)
             handle = await manager.declare(key, spec, validated=True)
+            if hooks.environment_declared is not None and isinstance(body, dict):
+                hooks.environment_declared(key, body)
             return JSONResponse(public(handle, program_id))
         except ToolEnvironmentError as exc:
             return error_response(exc)

@@ -15,6 +15,44 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from thunder_middleware.tools.errors import InvalidSpec, UnknownPreset
 
+#: path limits of Linux (PATH_MAX, NAME_MAX): a longer path could only fail at creation
+MAX_PATH = 1024
+MAX_NAME = 255
+
+
+def check_text(value: str, what: str) -> str:
+    """A string handed to the OS (argv, environment, path) cannot hold NUL: refused here, as
+    a 400, instead of failing at spawn or mkdir after the environment was accepted."""
+    if "\x00" in value:
+        raise ValueError(f"{what} must not contain NUL characters")
+    return value
+
+
+def check_path(value: str, what: str) -> str:
+    """An absolute path the OS can create: no NUL, no '..', within PATH_MAX/NAME_MAX."""
+    check_text(value, what)
+    if not value.startswith("/") or ".." in value.split("/"):
+        raise ValueError(f"{what} must be an absolute path without '..'")
+    if len(value) > MAX_PATH or any(len(part) > MAX_NAME for part in value.split("/")):
+        raise ValueError(f"{what} must be at most {MAX_PATH} characters, {MAX_NAME} per "
+                         "component")
+    return value
+
+
+def check_command(value: list[str] | str | None, what: str) -> list[str] | str | None:
+    for part in [value] if isinstance(value, str) else value or []:
+        check_text(part, what)
+    return value
+
+
+def check_env(value: dict[str, str] | None) -> dict[str, str] | None:
+    for name, text in (value or {}).items():
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+            raise ValueError(f"invalid environment variable name {name!r}")
+        check_text(text, f"the value of {name}")
+    return value
+
+
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 MIN_MEMORY_BYTES = 6 * 1024**2  # below this neither runc nor a shell starts reliably
@@ -66,9 +104,7 @@ class VolumeSpec(BaseModel):
     @field_validator("mount")
     @classmethod
     def _absolute(cls, value: str) -> str:
-        if not value.startswith("/") or ".." in value.split("/"):
-            raise ValueError("mount must be an absolute path without '..'")
-        return value
+        return check_path(value, "mount")
 
 
 class EnvSpec(BaseModel):
@@ -85,6 +121,9 @@ class EnvSpec(BaseModel):
     ports: list[int] = Field(default_factory=list, max_length=16)
     volumes: list[VolumeSpec] = Field(default_factory=list, max_length=8)
     cpus: float | None = Field(None, gt=0, le=256, description="CPU cores (may be fractional)")
+    pids: int | None = Field(
+        None, ge=16, le=1_000_000,
+        description="most processes at once (container providers; default theirs)")
     memory: int | None = Field(None, description="bytes, or a string such as '512m'")
     readiness: ReadinessCheck | None = None
     idle_timeout_s: float | None = Field(None, gt=0, description="reclaim after this idle time")
@@ -109,19 +148,23 @@ class EnvSpec(BaseModel):
     @field_validator("env")
     @classmethod
     def _valid_env(cls, value: dict[str, str]) -> dict[str, str]:
+        check_env(value)
         for name in value:
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
-                raise ValueError(f"invalid environment variable name {name!r}")
             if name.startswith("THUNDER_"):
                 raise ValueError("THUNDER_* variables are reserved for the environment's labels")
         return value
+
+    @field_validator("command")
+    @classmethod
+    def _valid_command(cls, value: list[str] | str | None) -> list[str] | str | None:
+        return check_command(value, "command")
 
     @field_validator("workdir")
     @classmethod
     def _absolute_workdir(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith("/"):
             raise ValueError("workdir must be an absolute path")
-        return value
+        return None if value is None else check_path(value, "workdir")
 
     def command_argv(self) -> list[str] | None:
         """The main command as argv, or None when the spec has none."""

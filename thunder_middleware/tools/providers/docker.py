@@ -40,6 +40,8 @@ from thunder_middleware.tools.providers.processes import kill_tree
 from thunder_middleware.tools.providers.threads import BlockingCalls
 from thunder_middleware.tools.specs import EnvSpec
 
+#: processes an environment may hold at once when its spec names no limit
+DEFAULT_PIDS_LIMIT = 1024
 _SPEC_ERRORS = ("executable file not found", "no such file or directory", "invalid")
 
 
@@ -135,6 +137,10 @@ class DockerProvider(EnvironmentProvider):
                 volumes=binds,
                 mem_limit=spec.memory,
                 nano_cpus=int(spec.cpus * 1e9) if spec.cpus else None,
+                # a fork bomb in one environment must not exhaust the host's process table
+                pids_limit=spec.pids or DEFAULT_PIDS_LIMIT,
+                # setuid binaries in the image cannot raise privileges
+                security_opt=["no-new-privileges"],
             )
             upper = container.attrs.get("GraphDriver", {}).get("Data", {}).get("UpperDir")
         except Exception:

@@ -5,8 +5,10 @@ The embedded default where no container engine exists. Each environment gets
 new session (its own process group) with the spec's limits applied before exec (``prlimit``,
 ``taskset``): memory as ``RLIMIT_AS``, CPUs as an affinity mask of ``ceil(cpus)`` cores (without
 cgroups a fraction of a core cannot be enforced), no core dumps. Ports are host ports handed in
-through ``PORT`` and ``PORT_<n>``; volumes are directories under ``work/``. Reclaim kills every
-labelled process and removes the directory.
+through ``PORT`` and ``PORT_<n>``; volumes are directories under ``work/``. Every process of
+an environment runs in a PID namespace of its own (``pidns``): reclaim ends the namespace,
+which ends every process in it however it detached, kills every labelled process (the
+fallback where namespaces are unavailable) and removes the directory.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from thunder_middleware.tools import labels
 from thunder_middleware.tools.disk import directory_usage
 from thunder_middleware.tools.errors import InvalidSpec, ProviderError
 from thunder_middleware.tools.handles import ExecResult, ReclaimedCounts
+from thunder_middleware.tools.providers import pidns
 from thunder_middleware.tools.providers.base import (
     EXIT_NOT_EXECUTABLE,
     EXIT_NOT_FOUND,
@@ -48,6 +51,9 @@ from thunder_middleware.tools.specs import EnvSpec
 
 logger = logging.getLogger(__name__)
 _REMOVE_ATTEMPTS = 5
+#: a directory without metadata younger than this may be a creation in flight (of another
+#: sidecar sharing the root); older, it is a leftover
+HALF_MADE_AGE_S = 60.0
 _READ_GRACE_S = 0.2  # output still arriving after exit (background children may hold the pipe)
 _PRLIMIT = shutil.which("prlimit")
 _TASKSET = shutil.which("taskset")
@@ -94,6 +100,12 @@ class LocalProvider(EnvironmentProvider):
         self.root.mkdir(parents=True, exist_ok=True)
         #: Environments whose directory survived every removal attempt (also logged).
         self.removal_failures = 0
+        #: whether environments get a PID namespace each (see pidns)
+        self.pid_namespaces = pidns.namespaces_work()
+
+    def _in_namespace(self, instance: Instance, argv: list[str]) -> list[str]:
+        ns_pid: int | None = instance.data.get("ns_pid")
+        return argv if ns_pid is None else pidns.enter_argv(ns_pid, argv)
 
     async def validate(self, spec: EnvSpec) -> None:
         argv = spec.command_argv()
@@ -117,15 +129,18 @@ class LocalProvider(EnvironmentProvider):
         env_dir = self.root / placement.env_id
         work = env_dir / "work"
         try:
-            work.mkdir(parents=True)
+            # the metadata first: a directory is never without its owner, so release and the
+            # start-up sweep always find it, even when a later step fails
+            env_dir.mkdir(parents=True)
+            meta = {"owner": placement.owner, "instance": placement.instance_id,
+                    "env_id": placement.env_id, "created_at": time.time()}
+            (env_dir / "meta.json").write_text(json.dumps(meta))
+            work.mkdir()
             for volume in spec.volumes:
                 _inside(work, volume.mount).mkdir(parents=True, exist_ok=True)
             cwd = _inside(work, spec.workdir)
             cwd.mkdir(parents=True, exist_ok=True)
-            meta = {"owner": placement.owner, "instance": placement.instance_id,
-                    "env_id": placement.env_id, "created_at": time.time()}
-            (env_dir / "meta.json").write_text(json.dumps(meta))
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a path the OS cannot hold
             shutil.rmtree(env_dir, ignore_errors=True)
             raise ProviderError(f"cannot create the environment directory: {exc}") from exc
         ports = {f"PORT_{port}": str(host) for port, host in placement.host_ports.items()}
@@ -145,16 +160,32 @@ class LocalProvider(EnvironmentProvider):
                 "main": None,
             },
         )
+        holder_argv = pidns.holder_argv() if self.pid_namespaces else None
+        if holder_argv is not None:
+            try:
+                holder = await asyncio.create_subprocess_exec(
+                    *holder_argv, cwd=cwd, env=self._environment(instance, None),
+                    stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
+                instance.data["holder"] = holder
+                instance.data["ns_pid"] = await pidns.namespace_pid(holder)
+            except OSError as exc:
+                pidns.end_namespace(None, instance.data.get("holder"))
+                shutil.rmtree(env_dir, ignore_errors=True)
+                raise ProviderError(f"cannot start the environment's PID namespace: {exc}"
+                                    ) from exc
         argv = spec.command_argv()
         if argv:
             log = open(env_dir / "main.log", "ab")  # noqa: SIM115 - handed to the child
             try:
                 instance.data["main"] = await asyncio.create_subprocess_exec(
-                    *limited_argv(argv, spec), cwd=cwd, env=self._environment(instance, None),
+                    *self._in_namespace(instance, limited_argv(argv, spec)), cwd=cwd,
+                    env=self._environment(instance, None),
                     stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
                     start_new_session=True,
                 )
             except OSError as exc:
+                pidns.end_namespace(instance.data.get("ns_pid"), instance.data.get("holder"))
                 shutil.rmtree(env_dir, ignore_errors=True)
                 raise InvalidSpec(f"cannot start {argv[0]!r}: {exc.strerror}",
                                   param="command") from exc
@@ -182,7 +213,8 @@ class LocalProvider(EnvironmentProvider):
         with CommandPipes(output.stdout, output.stderr) as pipes:
             try:
                 process = await asyncio.create_subprocess_exec(
-                    *limited_argv(argv, instance.data["spec"]), cwd=cwd, env=environment,
+                    *self._in_namespace(instance, limited_argv(argv, instance.data["spec"])),
+                    cwd=cwd, env=environment,
                     stdin=asyncio.subprocess.DEVNULL, stdout=pipes.stdout_write,
                     stderr=pipes.stderr_write, start_new_session=True,
                 )
@@ -210,11 +242,21 @@ class LocalProvider(EnvironmentProvider):
     async def destroy(self, instance: Instance) -> ReclaimedCounts:
         """Kill and remove; a step that fails is logged and the next still runs, so that a
         failure to kill or to read never leaves the directory behind."""
+        holder: asyncio.subprocess.Process | None = instance.data.get("holder")
+        ns_pid: int | None = instance.data.get("ns_pid")
+        in_namespace = set(pidns.members(ns_pid))
+        pidns.end_namespace(ns_pid, holder)  # every process in it dies with its first
+        if holder is not None:
+            await holder.wait()
         try:
-            killed = kill_processes(processes_with(labels.ENV_VAR_ENV_ID, instance.env_id))
+            # the fallback without a namespace, and whatever escaped one
+            labelled = processes_with(labels.ENV_VAR_ENV_ID, instance.env_id)
+            kill_processes(labelled)
+            ours = {ns_pid, holder.pid if holder is not None else None}
+            killed = len((in_namespace | set(labelled)) - ours)
         except OSError as exc:
             logger.warning("environment %s: finding its processes failed: %r", instance.env_id, exc)
-            killed = 0
+            killed = len(in_namespace)
         main: asyncio.subprocess.Process | None = instance.data.get("main")
         if main is not None and main.returncode is None:
             # os.killpg, not main.kill(): Popen.send_signal() polls first and would reap the
@@ -262,6 +304,9 @@ class LocalProvider(EnvironmentProvider):
                 if instance != own_instance_id and labels.instance_is_dead(instance):
                     shutil.rmtree(env_dir, ignore_errors=True)
                     removed += 1
+            for env_dir in self._half_made():
+                shutil.rmtree(env_dir, ignore_errors=True)
+                removed += 1
             return ReclaimedCounts(processes=killed, directories=removed)
 
         return await asyncio.to_thread(sweep)
@@ -269,6 +314,18 @@ class LocalProvider(EnvironmentProvider):
     async def count_owned(self, owner: str | None = None) -> int:
         return sum(owner is None or meta.get("owner") == owner
                    for _, meta in self._environment_metadata())
+
+    def _half_made(self) -> Iterator[Path]:
+        """Directories without metadata that no creation is still making: what a creation
+        that died between its mkdir and its metadata (or an older sidecar) left behind."""
+        limit = time.time() - HALF_MADE_AGE_S
+        for env_dir in self.root.iterdir():
+            try:
+                if env_dir.is_dir() and not (env_dir / "meta.json").exists() \
+                        and env_dir.stat().st_mtime < limit:
+                    yield env_dir
+            except OSError:
+                continue
 
     def _environment_metadata(self) -> Iterator[tuple[Path, dict[str, Any]]]:
         """Each environment directory under the root with its ``meta.json``; directories
