@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
 
-from tests.sidecar.conftest import STRICT_POLICY, chat_body, wait_until
-from thunder_middleware.launch import RunningServer, start_sidecar
+from tests.sidecar.conftest import chat_body, wait_until
+from thunder_middleware.launch import RunningServer
 
-LOCAL = [flag for flag in STRICT_POLICY if flag not in ("--env-provider", "none")]
 DEEP = b"[" * 10_000 + b"]" * 10_000
 DEEP_OBJECT = b'{"a":' * 10_000 + b"1" + b"}" * 10_000
 
@@ -35,13 +33,8 @@ def env_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def local(fast_twin: RunningServer, env_root: Path) -> Iterator[RunningServer]:
-    server = start_sidecar([fast_twin.url], extra_args=[*LOCAL, "--env-provider", "local"],
-                           env={"THUNDER_ENV_ROOT": str(env_root)})
-    try:
-        yield server
-    finally:
-        server.stop()
+def local(local_sidecar: RunningServer) -> RunningServer:
+    return local_sidecar
 
 
 def _error(response: httpx.Response, status: int = 400) -> dict[str, object]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -25,10 +24,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.sidecar.conftest import STRICT_POLICY, metric, text_of, wait_until
-from thunder_middleware.launch import RunningServer, start_sidecar
+from tests.sidecar.conftest import metric, text_of, wait_until
+from thunder_middleware.launch import RunningServer
 
-LOCAL = [flag for flag in STRICT_POLICY if flag not in ("--env-provider", "none")]
 EXAMPLES = 300
 tally: Counter[str] = Counter()
 
@@ -39,13 +37,8 @@ def env_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def target(fast_twin: RunningServer, env_root: Path) -> Iterator[RunningServer]:
-    server = start_sidecar([fast_twin.url], extra_args=[*LOCAL, "--env-provider", "local"],
-                           env={"THUNDER_ENV_ROOT": str(env_root)})
-    try:
-        yield server
-    finally:
-        server.stop()
+def target(local_sidecar: RunningServer) -> RunningServer:
+    return local_sidecar
 
 
 scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
