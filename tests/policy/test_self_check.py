@@ -45,7 +45,7 @@ class Driver:
             self.now += latency[mode]
             check.call_done(epoch, arrived, self.now, 1000.0, int(1000 * (1 - lost_share)),
                             lost_share * latency[mode])
-            if check.end_epoch_if_due(self.now, PROGRAMS, 1, 0):
+            if check.end_epoch_if_due(self.now, PROGRAMS, 0, 0.0):
                 break
         return check.mode
 
@@ -136,7 +136,7 @@ def test_a_call_held_past_its_epoch_is_charged_to_the_mode_it_arrived_in() -> No
     for i in range(4):  # four quick calls close the epoch while the held one still waits
         epoch = check.arrive(float(i))
         check.call_done(epoch, float(i), i + 1.0, 0.0, 0, 0.0)
-    check.end_epoch_if_due(4.0, 1, 1, 0)
+    check.end_epoch_if_due(4.0, 1, 0, 0.0)
     assert check._epochs[held].latency(4.0) == pytest.approx((4 * 1.0 + 4.0) / 5)
     check.call_done(held, 0.0, 30.0, 0.0, 0, 0.0)
     assert check._epochs[held].latency(30.0) == pytest.approx((4 * 1.0 + 30.0) / 5)

@@ -163,8 +163,8 @@ class ProgramScheduler(Rebalancer):
         if rec.inflight == 0 and rec.waiting == 0:
             self._check.call_dropped(rec.check_epoch, rec.arrived_at)  # failed: not measured
             rec.check_epoch = -1
-        if self._check.end_epoch_if_due(now, len(self._programs), len(self._backends),
-                                        self._inflight()):
+        if self._check.end_epoch_if_due(now, len(self._programs), self._inflight(),
+                                        self._shape.tool_s.value):
             self._apply_mode()
             check.extend(b for b in self._backends.values() if b is not backend)
         if rec.status is Status.ACTIVE and backend is not None:

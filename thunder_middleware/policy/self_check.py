@@ -19,9 +19,9 @@ How it decides:
   user who sees no thrashing pays nothing.
 - In ``pass`` it watches for the evidence that gating could pay: tokens of a program's own
   previous context that the engine no longer had (expected reuse minus cached tokens),
-  priced as re-prefill seconds. When the share of time they can account for is below
-  ``self_check_min_gain``, gating cannot win by enough to be worth trying, and nothing is
-  explored.
+  priced as re-prefill seconds per call. When they are less than ``self_check_min_gain`` of
+  an agent's whole step (LLM side and tool), gating cannot win by enough to be worth trying,
+  and nothing is explored.
 - Otherwise it runs a short exploration epoch in the other mode and, one epoch later (when
   the calls that arrived in it have completed), compares its ``L`` with the main-mode epoch
   just before it. Gating must be better by ``self_check_margin`` to become the main mode;
@@ -164,25 +164,24 @@ class GatingCheck:
             return max(floor, programs)
         return max(floor, programs // 2)
 
-    def end_epoch_if_due(self, now: float, programs: int, backends: int, inflight: int) -> bool:
+    def end_epoch_if_due(self, now: float, programs: int, inflight: int, tool_s: float) -> bool:
         """Close the epoch when enough calls completed; True if the mode changed.
 
         ``inflight``: calls sent to engines right now; after a change of mode they finish
         under the old mode's load, so arrivals are charged only once they have drained.
+        ``tool_s``: the learned mean tool time, the part of a step no mode can shorten.
         """
         if not self.enabled or self._completions < self.epoch_calls(programs):
             return False
         epoch = self._epochs[self._current]
         latency = epoch.latency(now) or 0.0
         if self.mode is GateMode.PASS:
-            # what re-prefill cost, per call against L and per backend against the clock:
-            # gating can save at most that (an idle engine pays it in latency, a busy one
-            # in throughput)
+            # Gating can give back at most the re-prefill of what the engine lost, and an
+            # agent's step is that share shorter at best: priced against the whole step,
+            # the tool included, since tools run whatever the gate does.
             calls = max(self._completions, 1)
-            per_call = self._missed_s / calls / latency if latency > 0.0 else 0.0
-            duration = max(now - self._epoch_start, 1e-9)
-            per_engine = self._missed_s / (duration * max(backends, 1))
-            self.potential_gain = max(per_call, per_engine)
+            step = latency + max(tool_s, 0.0)
+            self.potential_gain = self._missed_s / calls / step if step > 0.0 else 0.0
         before = self.mode
         self._decide(now)
         self.epochs += 1
