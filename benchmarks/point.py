@@ -15,7 +15,7 @@ import time
 
 from thunder_middleware.sim.harness import HarnessConfig, run_simulation
 from thunder_middleware.sim.routing import ThunderPolicy, make_policy
-from thunder_middleware.sim.workloads import workload
+from thunder_middleware.sim.workloads import SHAPES, workload
 
 
 def _override(text: str) -> tuple[str, float]:
@@ -27,7 +27,7 @@ def _override(text: str) -> tuple[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("workload", choices=("swe-agent", "openhands", "router"))
+    parser.add_argument("workload", choices=sorted(SHAPES))
     parser.add_argument("programs", type=int)
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--steps", type=int, default=50, help="steps per program slot")
