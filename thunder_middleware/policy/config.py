@@ -165,7 +165,7 @@ class PolicyConfig(BaseModel):
         default=0.05,
         ge=0,
         description="In pass-through, gating is explored only when re-prefill of lost own "
-        "context accounts for at least this share of the LLM side or of engine time.",
+        "context accounts for at least this share of an agent's step (LLM side and tool).",
     )
     self_check_min_calls: int = Field(
         default=24,
