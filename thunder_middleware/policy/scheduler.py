@@ -15,7 +15,7 @@ from thunder_middleware.policy.backend import BackendState
 from thunder_middleware.policy.estimators import prefill_work
 from thunder_middleware.policy.program import ProgramRecord
 from thunder_middleware.policy.rebalance import Rebalancer
-from thunder_middleware.policy.self_check import GateMode, GatingCheck
+from thunder_middleware.policy.self_check import GatingCheck
 from thunder_middleware.policy.types import (
     Admit,
     CallTiming,
@@ -36,7 +36,7 @@ class ProgramScheduler(Rebalancer):
         backend = self._backends.get(name)
         if backend is None:
             backend = BackendState(name, capacity_tokens, self.config, now)
-            backend.passthrough = self._check.mode is GateMode.PASS
+            backend.passthrough = self._passthrough
             if self._decay_base != self.config.decay_base:  # adapted since start (cost-aware)
                 backend.demand.set_decay_base(self._decay_base, now)
             self._backends[name] = backend
@@ -161,10 +161,10 @@ class ProgramScheduler(Rebalancer):
             self._idle.move_to_end(program_id)
         check: list[BackendState] = []
         if rec.inflight == 0 and rec.waiting == 0:
-            self._check.call_dropped(rec.check_epoch, rec.arrived_at)  # failed: not measured
-            rec.check_epoch = -1
-        if self._check.end_epoch_if_due(now, len(self._programs), self._inflight(),
-                                        self._shape.tool_s.value):
+            self._drop_charge(rec)  # failed: not measured
+        # counting the calls in flight is O(programs): only when an epoch closes
+        if self._check.epoch_due(len(self._programs)) and self._check.end_epoch_if_due(
+                now, len(self._programs), self._inflight(), self._shape.tool_s.value):
             self._apply_mode()
             check.extend(b for b in self._backends.values() if b is not backend)
         if rec.status is Status.ACTIVE and backend is not None:
@@ -182,8 +182,7 @@ class ProgramScheduler(Rebalancer):
             return self._settle(now, [], [])
         rec.waiting -= 1
         if rec.waiting == 0 and rec.inflight == 0:
-            self._check.call_dropped(rec.check_epoch, rec.arrived_at)
-            rec.check_epoch = -1
+            self._drop_charge(rec)
         if rec.waiting == 0:
             rec.waiting_since = None
             rec.starving = False

@@ -164,6 +164,10 @@ class GatingCheck:
             return max(floor, programs)
         return max(floor, programs // 2)
 
+    def epoch_due(self, programs: int) -> bool:
+        """Have enough calls completed to close the epoch?"""
+        return self.enabled and self._completions >= self.epoch_calls(programs)
+
     def end_epoch_if_due(self, now: float, programs: int, inflight: int, tool_s: float) -> bool:
         """Close the epoch when enough calls completed; True if the mode changed.
 
@@ -171,7 +175,7 @@ class GatingCheck:
         under the old mode's load, so arrivals are charged only once they have drained.
         ``tool_s``: the learned mean tool time, the part of a step no mode can shorten.
         """
-        if not self.enabled or self._completions < self.epoch_calls(programs):
+        if not self.epoch_due(programs):
             return False
         epoch = self._epochs[self._current]
         latency = epoch.latency(now) or 0.0

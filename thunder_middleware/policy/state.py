@@ -53,11 +53,20 @@ class SchedulerState:
             self._now = now
         return self._now
 
+    @property
+    def _passthrough(self) -> bool:
+        return self._check.mode is GateMode.PASS
+
     def _apply_mode(self) -> None:
         """Every backend follows the self-check's current mode."""
-        passthrough = self._check.mode is GateMode.PASS
+        passthrough = self._passthrough
         for backend in self._backends.values():
             backend.passthrough = passthrough
+
+    def _drop_charge(self, rec: ProgramRecord) -> None:
+        """The program's outstanding call ended unmeasured (failed, abandoned, released)."""
+        self._check.call_dropped(rec.check_epoch, rec.arrived_at)
+        rec.check_epoch = -1
 
     def _adapt_decay(self, now: float) -> None:
         """Cost-aware: the decay's half-life follows the learned mean tool time.
@@ -175,7 +184,7 @@ class SchedulerState:
 
     def _forget(self, program_id: str) -> None:
         rec = self._programs.pop(program_id)
-        self._check.call_dropped(rec.check_epoch, rec.arrived_at)
+        self._drop_charge(rec)
         if rec.backend is not None:
             self._unbind(rec)
         self._queue.remove(program_id)
