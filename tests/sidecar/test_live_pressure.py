@@ -208,10 +208,14 @@ def test_cost_aware_gate_under_pressure(small_twin: RunningServer) -> None:
 
 
 def test_default_policy_starts_in_pass_through_and_says_so(small_twin: RunningServer) -> None:
-    """As shipped, the sidecar gates nothing until it has measured that gating pays: the same
+    """As shipped, the sidecar gates nothing until it has measured that gating pays: the
     fleet that the gate pauses above goes straight through (no pause, nothing held), and
-    /metrics shows the backend in pass-through; with --no-self-check it shows the gate."""
-    count, steps = 6, 4
+    /metrics shows the backend in pass-through; with --no-self-check it shows the gate.
+
+    Three steps per agent (18 calls) stay inside the check's first epoch (at least 24
+    calls): at its end the check may start exploring the gate, which would pause acting
+    programs while the last agents release theirs."""
+    count, steps = 6, 3
     with sidecar([small_twin.url], *DEFAULT_POLICY) as server:
         gating = 'backend="' + small_twin.url + '"'
         assert metric(server.url, "thunder_sidecar_backend_gating", gating) == 0
